@@ -1,0 +1,95 @@
+"""create_app(settings): the one composition root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from aiohttp import web
+
+from .auth import Authenticator
+from .clock import Clock, iso, utcnow
+from .dlrtoken import DlrTokens
+from .errors import problem_middleware
+from .keys import AUTH, CLOCK, HTTP, OPENAPI, SEND, SETTINGS, STORE, TIMEZONE
+from .provider import ProviderClient
+from .routes import setup_routes
+from .sandbox import Simulator
+from .sending import SendContext
+from .settings import Settings
+from .store import Store
+from .store.messages import mark_stranded_unknown
+
+log = logging.getLogger("gateway")
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
+    """Build the gateway application; resources open when it starts and close when it stops."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[TIMEZONE] = ZoneInfo(settings.timezone)
+    app[OPENAPI] = resources.files("gateway").joinpath("openapi.yaml").read_bytes()
+    # Checked here, not at first request, so a bad key stops start-up.
+    app[AUTH] = Authenticator(settings, None)
+    app.cleanup_ctx.append(_resources)
+    setup_routes(app)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = Store(settings.database)
+    await store.open()
+    stranded = await mark_stranded_unknown(store, iso(app[CLOCK]()))
+    if stranded:
+        log.warning("%d message(s) left 'sending' by an earlier run are now 'unknown'", stranded)
+    app[STORE] = store
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100),
+        headers={"User-Agent": "sms-gateway"},
+    )
+    app[HTTP] = http
+    app[AUTH] = Authenticator(settings, http)
+    simulator: Simulator | None = None
+    provider_url = settings.provider_url
+    if settings.sandbox:
+        assert settings.provider_username and settings.provider_password
+        assert settings.provider_api_key
+        simulator = Simulator(
+            settings.provider_username,
+            settings.provider_password,
+            settings.provider_api_key,
+            settings.sandbox_dlr_delay,
+        )
+        await simulator.start()
+        provider_url = simulator.url
+        log.info("sandbox: simulated provider at %s", provider_url)
+    provider = ProviderClient(
+        http,
+        provider_url,
+        api_key=settings.provider_api_key or "",
+        username=settings.provider_username or "",
+        password=settings.provider_password or "",
+        timeout=settings.provider_timeout,
+    )
+    app[SEND] = SendContext(
+        settings=settings,
+        store=store,
+        provider=provider,
+        tokens=DlrTokens(await store.secret("dlr_token_key")),
+        clock=app[CLOCK],
+        tz=app[TIMEZONE],
+    )
+    try:
+        yield
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+        await http.close()
+        await store.close()

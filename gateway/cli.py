@@ -1,0 +1,395 @@
+"""The command line: serve, team, token, usage. Argument parsing only; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import jwt
+from aiohttp import web
+
+from . import logs
+from .clock import utcnow
+from .errors import GatewayError
+from .keys import STORE
+from .settings import ConfigError, Settings
+from .store import Store
+from .store import teams as store_teams
+from .teams import check_team_fields
+
+SANDBOX_TEAM = "sandbox"
+DEFAULT_SCOPE = "messages:send messages:read"
+_TTL = re.compile(r"(\d+)\s*([smhd]?)")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and a non-zero exit."""
+    print(f"sms-gateway: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_ttl(text: str) -> int:
+    """'90', '90s', '15m', '1h', '7d' → seconds."""
+    match = _TTL.fullmatch(text.strip().lower())
+    if not match or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 15m, 1h or 7d")
+    return int(match.group(1)) * _TTL_UNITS[match.group(2)]
+
+
+def parse_limit(text: str) -> int | None:
+    """A non-negative whole number, or 'none'/'unlimited' for no limit."""
+    if text.strip().lower() in ("none", "null", "unlimited"):
+        return None
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'none'")
+    return int(text)
+
+
+def parse_rate(text: str) -> float | None:
+    """A positive number of requests per second, or 'none'."""
+    if text.strip().lower() in ("none", "null", "unlimited"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+
+def issue_token(settings: Settings, team: str, scope: str, ttl: int) -> str:
+    """An HS256 token for `team` signed with the configured secret."""
+    if not settings.jwt_secret or len(settings.jwt_secret.encode()) < 32:
+        raise ConfigError("GATEWAY_JWT_SECRET must be set (at least 32 bytes) to issue tokens")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": team, "scope": scope, "iat": now, "exp": now + ttl}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
+    """Settings from the environment and --config; a problem is one line and exit 2."""
+    sandbox = bool(getattr(args, "sandbox", False))
+    try:
+        if serving:
+            env = dict(os.environ)
+            if (
+                sandbox or env.get("GATEWAY_SANDBOX", "").lower() in ("1", "true", "yes", "on")
+            ) and not any(
+                env.get(k)
+                for k in ("GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWKS_URL")
+            ):
+                # A sandbox with no key gets one for this run, so the printed token just works.
+                env["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(48)
+            return Settings.from_env(env, args.config, sandbox=sandbox or None)
+        return Settings.from_env(
+            os.environ, args.config, sandbox=True if sandbox else None, check=False
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _run(settings: Settings, work: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        store = Store(settings.database)
+        try:
+            await store.open()
+        except Exception as exc:  # sqlite3 errors, permissions: one line, not a traceback
+            fail(f"cannot open database {settings.database}: {exc}")
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except GatewayError as exc:
+        fail(exc.detail)
+
+
+def _team_fields(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name in (
+        "name",
+        "daily_limit",
+        "monthly_limit",
+        "monthly_budget",
+        "callback_url",
+        "rate_limit_per_second",
+    ):
+        value = getattr(args, name, argparse.SUPPRESS)
+        if value is not argparse.SUPPRESS:
+            body[name] = value
+    active = getattr(args, "active", None)
+    if active is not None:
+        body["active"] = active
+    try:
+        return check_team_fields(body, creating=False)
+    except GatewayError as exc:
+        fail(exc.detail)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Start the HTTP server."""
+    from .app import create_app
+    from .logs import AccessLogger
+
+    settings = load_settings(args, serving=True)
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        fail(str(exc))
+    if settings.sandbox:
+
+        async def banner(app: web.Application) -> None:
+            store = app[STORE]
+            team = await store_teams.find_team(store, SANDBOX_TEAM)
+            if team is None:
+                await store_teams.create_team(
+                    store, SANDBOX_TEAM, {"name": "Sandbox team"}, utcnow()
+                )
+            token = issue_token(settings, SANDBOX_TEAM, DEFAULT_SCOPE, 7 * 86400)
+            admin_token = issue_token(settings, "sandbox-admin", "admin", 7 * 86400)
+            print(
+                "\nSandbox mode: no SMS leaves this machine; sends go to a built-in simulator.\n"
+                f"  team:        {SANDBOX_TEAM}\n"
+                f"  token:       {token}\n"
+                f"  admin token: {admin_token}\n"
+                "Try:\n"
+                f"  export TOKEN={token}\n"
+                f'  curl -s {settings.public_url}/messages -H "Authorization: Bearer $TOKEN" '
+                "-H 'Content-Type: application/json' "
+                '-d \'{"to": ["0788123456"], "text": "Hello from the sandbox"}\'\n',
+                flush=True,
+            )
+
+        app.on_startup.append(banner)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log_class=AccessLogger,
+            print=lambda text: print(text, flush=True),
+        )
+    except OSError as exc:
+        fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+
+
+def cmd_team_create(args: argparse.Namespace) -> None:
+    """Register a team and print it, with its webhook secret (shown this once)."""
+    settings = load_settings(args, serving=False)
+    try:
+        fields = check_team_fields({"id": args.id, **_team_fields(args)}, creating=True)
+    except GatewayError as exc:
+        fail(exc.detail)
+    team_id = fields.pop("id")
+    team = _run(settings, lambda s: store_teams.create_team(s, team_id, fields, utcnow()))
+    _print_json(team.public(with_secret=True))
+
+
+def cmd_team_list(args: argparse.Namespace) -> None:
+    """Print every team as a table."""
+    settings = load_settings(args, serving=False)
+    teams: list[store_teams.Team] = _run(settings, store_teams.list_teams)
+    if args.json:
+        _print_json([t.public() for t in teams])
+        return
+    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "CALLBACK")
+    rows = [header] + [
+        (
+            t.id,
+            t.name,
+            "yes" if t.active else "no",
+            _cell(t.daily_limit),
+            _cell(t.monthly_limit),
+            _cell(t.monthly_budget),
+            t.callback_url or "-",
+        )
+        for t in teams
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not teams:
+        print("(no teams yet: sms-gateway team create ID)")
+
+
+def _cell(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def cmd_team_update(args: argparse.Namespace) -> None:
+    """Change a team's fields and print it."""
+    settings = load_settings(args, serving=False)
+    fields = _team_fields(args)
+    if not fields:
+        fail("nothing to change: give at least one option (see --help)")
+    team = _run(settings, lambda s: store_teams.update_team(s, args.id, fields))
+    _print_json(team.public())
+
+
+def cmd_team_disable(args: argparse.Namespace) -> None:
+    """Disable a team: its tokens get 403 from now on."""
+    settings = load_settings(args, serving=False)
+    team = _run(settings, lambda s: store_teams.update_team(s, args.id, {"active": False}))
+    _print_json(team.public())
+
+
+def cmd_team_rotate(args: argparse.Namespace) -> None:
+    """Give a team a new webhook secret and print it (shown this once)."""
+    settings = load_settings(args, serving=False)
+    team = _run(settings, lambda s: store_teams.rotate_webhook_secret(s, args.id))
+    _print_json(team.public(with_secret=True))
+
+
+def cmd_token_issue(args: argparse.Namespace) -> None:
+    """Print an HS256 token for a team."""
+    settings = load_settings(args, serving=False)
+    scopes = args.scope.split()
+    if not scopes:
+        fail("--scope must name at least one scope")
+    unknown = sorted(set(scopes) - {"messages:send", "messages:read", "admin"})
+    if unknown:
+        fail(f"unknown scope(s) {', '.join(unknown)}; use messages:send, messages:read, admin")
+    if "admin" not in scopes:
+        team = _run(settings, lambda s: store_teams.find_team(s, args.team))
+        if team is None:
+            fail(
+                f"no team {args.team!r} in {settings.database}; create it with "
+                f"'sms-gateway team create {args.team}'"
+            )
+    try:
+        print(issue_token(settings, args.team, " ".join(scopes), args.ttl))
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _add_team_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=argparse.SUPPRESS, help="display name")
+    parser.add_argument(
+        "--daily-limit",
+        dest="daily_limit",
+        type=parse_limit,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="SMS segments a day ('none' for unlimited)",
+    )
+    parser.add_argument(
+        "--monthly-limit",
+        dest="monthly_limit",
+        type=parse_limit,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="SMS segments a month ('none' for unlimited)",
+    )
+    parser.add_argument(
+        "--monthly-budget",
+        dest="monthly_budget",
+        type=parse_limit,
+        default=argparse.SUPPRESS,
+        metavar="RWF",
+        help="RWF a month ('none' for unlimited)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        dest="rate_limit_per_second",
+        type=parse_rate,
+        default=argparse.SUPPRESS,
+        metavar="PER_SECOND",
+        help="requests per second ('none' for unlimited)",
+    )
+    parser.add_argument(
+        "--callback-url",
+        dest="callback_url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="default URL for delivery webhooks",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with settings (lower-case, no GATEWAY_ prefix); the environment wins",
+    )
+    parser = argparse.ArgumentParser(
+        prog="sms-gateway", description="Internal SMS gateway in front of Bulk SMS DSC."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="start the HTTP server")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="use the built-in simulated provider and print a ready-made token",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    team = commands.add_parser("team", help="manage teams")
+    team_commands = team.add_subparsers(dest="team_command", required=True, metavar="ACTION")
+    create = team_commands.add_parser("create", parents=[common], help="register a team")
+    create.add_argument("id", help="team id (a slug, used as the token's sub)")
+    _add_team_options(create)
+    create.set_defaults(func=cmd_team_create)
+    listing = team_commands.add_parser("list", parents=[common], help="list teams")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=cmd_team_list)
+    update = team_commands.add_parser("update", parents=[common], help="change a team")
+    update.add_argument("id")
+    _add_team_options(update)
+    state = update.add_mutually_exclusive_group()
+    state.add_argument(
+        "--active", dest="active", action="store_true", default=None, help="enable the team"
+    )
+    state.add_argument("--inactive", dest="active", action="store_false", help="disable the team")
+    update.set_defaults(func=cmd_team_update)
+    disable = team_commands.add_parser("disable", parents=[common], help="disable a team")
+    disable.add_argument("id")
+    disable.set_defaults(func=cmd_team_disable)
+    rotate = team_commands.add_parser(
+        "rotate-secret", parents=[common], help="rotate a team's webhook secret"
+    )
+    rotate.add_argument("id")
+    rotate.set_defaults(func=cmd_team_rotate)
+
+    token = commands.add_parser("token", help="issue tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    issue = token_commands.add_parser(
+        "issue", parents=[common], help="print an HS256 token for a team"
+    )
+    issue.add_argument("--team", required=True, help="the team id (sub claim)")
+    issue.add_argument(
+        "--scope",
+        default=DEFAULT_SCOPE,
+        help=f"space-separated scopes (default: {DEFAULT_SCOPE!r})",
+    )
+    issue.add_argument(
+        "--ttl", type=parse_ttl, default=3600, help="lifetime: seconds or 15m, 1h, 7d (default 1h)"
+    )
+    issue.set_defaults(func=cmd_token_issue)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `sms-gateway` and `python -m gateway`."""
+    args = build_parser().parse_args(argv)
+    args.func(args)

@@ -1,0 +1,47 @@
+"""Time: the injectable clock, ISO formatting, and quota periods in the gateway's time zone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The real clock: an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def iso(at: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-24T08:00:00.000Z."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp (a naive one counts as UTC); ValueError if bad."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def periods(at: datetime, tz: ZoneInfo) -> tuple[str, str]:
+    """The quota day ('2026-11-24') and month ('2026-11') that instant `at` falls in."""
+    local = at.astimezone(tz)
+    return local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+
+
+def next_day_start(at: datetime, tz: ZoneInfo) -> datetime:
+    """The instant the next quota day begins."""
+    local = at.astimezone(tz)
+    start = datetime(local.year, local.month, local.day, tzinfo=tz) + timedelta(days=1)
+    return start.replace(hour=0)
+
+
+def next_month_start(at: datetime, tz: ZoneInfo) -> datetime:
+    """The instant the next quota month begins."""
+    local = at.astimezone(tz)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return datetime(year, month, 1, tzinfo=tz)

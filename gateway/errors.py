@@ -1,0 +1,169 @@
+"""Domain errors, and the middleware that turns them (and every other failure) into problem+json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("gateway")
+
+PROBLEM_TYPE_BASE = "https://sms-gateway.internal/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and a stable machine-readable code, raised by domain code."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+        if code is not None:
+            self.code = code
+
+
+class InvalidJSON(GatewayError):
+    status, code, title = 400, "invalid_json", "The body is not valid JSON"
+
+
+class ValidationFailed(GatewayError):
+    status, code, title = 422, "validation_error", "The request is not valid"
+
+
+class InvalidRecipient(GatewayError):
+    status, code, title = 422, "invalid_recipient", "One or more recipients are not valid"
+
+
+class Unauthenticated(GatewayError):
+    status, code, title = 401, "unauthenticated", "Authentication required"
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="sms-gateway"'
+        if error:
+            challenge += f', error="{error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(GatewayError):
+    status, code, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(GatewayError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(GatewayError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class QuotaExceeded(GatewayError):
+    status, code, title = 429, "quota_exceeded", "Quota exceeded"
+
+
+class ProviderError(GatewayError):
+    status, code, title = 502, "provider_error", "The provider refused the send"
+
+
+class ProviderUnavailable(GatewayError):
+    status, code, title = 503, "provider_unavailable", "The provider cannot be reached"
+
+
+class ProviderTimeout(GatewayError):
+    status, code, title = 504, "provider_timeout", "The provider's answer was lost"
+
+
+# aiohttp's own HTTP exceptions (unknown route, wrong method, body too large) keep their status.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Build an RFC 9457 problem+json answer."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    if extra:
+        body.update(extra)
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=dict(headers or {}),
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map domain errors and aiohttp HTTP errors to problem+json; a crash becomes a logged 500."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.title,
+            exc.detail,
+            instance=request.path,
+            extra=exc.extra,
+            headers=exc.headers,
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return problem_response(
+            exc.status,
+            _HTTP_CODES.get(exc.status, "http_error"),
+            exc.reason,
+            exc.text or exc.reason,
+            instance=request.path,
+            headers=headers,
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(
+            500,
+            "internal_error",
+            "Internal error",
+            "The gateway failed; the error was logged.",
+            instance=request.path,
+        )

@@ -1,0 +1,62 @@
+"""What every handler shares: JSON in and out, and who is calling."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..auth import Principal, bearer_token, require_scope
+from ..errors import Forbidden, InvalidJSON
+from ..keys import AUTH, STORE
+from ..store.teams import Team, find_team
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer."""
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; 400 invalid_json if it is not."""
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidJSON("the request body is empty; a JSON object is expected")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+async def principal(request: web.Request) -> Principal:
+    """The verified caller (401 otherwise)."""
+    return await request.app[AUTH].verify(bearer_token(request))
+
+
+async def team_for(request: web.Request, scope: str) -> Team:
+    """The calling team, active, holding `scope` (401/403 otherwise)."""
+    caller = await principal(request)
+    team = await find_team(request.app[STORE], caller.subject)
+    if team is None:
+        raise Forbidden(
+            f"team {caller.subject!r} is not registered on this gateway", code="unknown_team"
+        )
+    if not team.active:
+        raise Forbidden(f"team {caller.subject!r} is disabled", code="team_disabled")
+    require_scope(caller, scope)
+    return team
+
+
+async def admin(request: web.Request) -> Principal:
+    """A caller with the `admin` scope; its subject need not be a team."""
+    caller = await principal(request)
+    require_scope(caller, "admin")
+    return caller

@@ -1,0 +1,125 @@
+"""POST /messages, GET /messages, GET /messages/{id}."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from .. import numbers
+from ..clock import parse_iso
+from ..errors import NotFound, ValidationFailed
+from ..ids import lowest_ulid
+from ..keys import SEND, SETTINGS, STORE
+from ..sending import send, validate
+from ..store import messages as store_messages
+from .common import json_response, read_json, team_for
+
+STATUSES = frozenset({"sending", "sent", "failed", "unknown", "delivered", "undelivered"})
+LIST_PARAMS = frozenset(
+    {"status", "to", "reference", "batch_id", "created_after", "created_before", "limit", "cursor"}
+)
+
+
+async def create_message(request: web.Request) -> web.Response:
+    """Send one text to 1-1000 recipients."""
+    team = await team_for(request, "messages:send")
+    body = await read_json(request)
+    send_request = validate(body, request.app[SETTINGS])
+    result = await send(request.app[SEND], team.id, send_request)
+    return json_response(result, status=201)
+
+
+async def get_message(request: web.Request) -> web.Response:
+    """One of the calling team's messages."""
+    team = await team_for(request, "messages:read")
+    message_id = request.match_info["id"]
+    found = await store_messages.get_message(request.app[STORE], team.id, message_id)
+    if found is None:
+        raise NotFound(f"no message {message_id!r}", code="message_not_found")
+    return json_response(found)
+
+
+def _bad_param(name: str, reason: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{name}: {reason}",
+        code="invalid_parameter",
+        extra={"errors": [{"field": name, "reason": reason}]},
+    )
+
+
+def encode_cursor(message_id: str) -> str:
+    """An opaque cursor for the page after `message_id`."""
+    return base64.urlsafe_b64encode(message_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The message id inside a cursor; 422 if it is not one of ours."""
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _bad_param("cursor", "is not a cursor this API returned") from None
+    if not value.startswith("msg_") or len(value) != 30:
+        raise _bad_param("cursor", "is not a cursor this API returned")
+    return value
+
+
+def _parse_filter(request: web.Request) -> store_messages.ListFilter:
+    query = request.query
+    unknown = sorted(set(query) - LIST_PARAMS)
+    if unknown:
+        raise _bad_param(unknown[0], "is not a filter of this list")
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise _bad_param("status", f"must be one of {', '.join(sorted(STATUSES))}")
+    to = query.get("to")
+    if to is not None:
+        settings = request.app[SETTINGS]
+        try:
+            to = numbers.normalise(to, settings.default_region, settings.allowed_regions)
+        except ValueError as exc:
+            raise _bad_param("to", str(exc)) from None
+    bounds: dict[str, str | None] = {}
+    for name in ("created_after", "created_before"):
+        raw = query.get(name)
+        if raw is None:
+            bounds[name] = None
+            continue
+        try:
+            bounds[name] = "msg_" + lowest_ulid(parse_iso(raw))
+        except (ValueError, OverflowError, OSError):
+            raise _bad_param(name, "must be an RFC 3339 timestamp") from None
+    raw_limit = query.get("limit", "50")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise _bad_param("limit", "must be an integer from 1 to 200") from None
+    if not 1 <= limit <= 200:
+        raise _bad_param("limit", "must be an integer from 1 to 200")
+    cursor = query.get("cursor")
+    return store_messages.ListFilter(
+        status=status,
+        to=to,
+        reference=query.get("reference"),
+        batch_id=query.get("batch_id"),
+        min_id=bounds["created_after"],
+        max_id=bounds["created_before"],
+        before_id=decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """The calling team's messages, newest first, a page at a time."""
+    team = await team_for(request, "messages:read")
+    page_filter = _parse_filter(request)
+    rows = await store_messages.list_messages(request.app[STORE], team.id, page_filter)
+    page = rows[: page_filter.limit - 1]
+    more = len(rows) > len(page)
+    return json_response(
+        {
+            "data": page,
+            "next_cursor": encode_cursor(page[-1]["id"]) if more else None,
+        }
+    )

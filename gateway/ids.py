@@ -1,0 +1,52 @@
+"""Time-ordered identifiers (ULID layout) so ids sort by creation time."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from datetime import datetime
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_MAX_MILLIS = (1 << 48) - 1
+_MAX_RANDOM = (1 << 80) - 1
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def _millis(at: datetime) -> int:
+    return min(max(int(at.timestamp() * 1000), 0), _MAX_MILLIS)
+
+
+class _Monotonic:
+    """ULIDs that strictly increase within this process, even in the same millisecond."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = (0, 0)
+
+    def next(self, at: datetime) -> str:
+        millis = _millis(at)
+        with self._lock:
+            last_millis, last_random = self._last
+            if millis <= last_millis and last_random < _MAX_RANDOM:
+                # Same (or an earlier) millisecond: step the random part so order is kept.
+                millis, rand = last_millis, last_random + 1 + secrets.randbits(16)
+                rand = min(rand, _MAX_RANDOM)
+            else:
+                rand = secrets.randbits(79)  # headroom for increments
+            self._last = (millis, rand)
+        return _encode(millis, 10) + _encode(rand, 16)
+
+
+ulid = _Monotonic().next
+
+
+def lowest_ulid(at: datetime) -> str:
+    """The smallest ULID of instant `at`, for turning a time bound into an id bound."""
+    return _encode(_millis(at), 10) + _encode(0, 16)

@@ -1,0 +1,23 @@
+"""Every web.AppKey of the application."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from aiohttp import web
+
+from .auth import Authenticator
+from .clock import Clock
+from .sending import SendContext
+from .settings import Settings
+from .store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+TIMEZONE = web.AppKey("timezone", ZoneInfo)
+STORE = web.AppKey("store", Store)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+AUTH = web.AppKey("auth", Authenticator)
+SEND = web.AppKey("send", SendContext)
+OPENAPI = web.AppKey("openapi", bytes)

@@ -1,0 +1,153 @@
+"""ProviderClient: the only code that speaks the Bulk SMS DSC protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Literal
+
+import aiohttp
+
+log = logging.getLogger("gateway.provider")
+
+FailureKind = Literal["error", "unavailable", "timeout"]
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """The provider's answer for one recipient."""
+
+    recipient: str
+    status: Literal["sent", "failed"]
+    message_id: str | None
+    cost: int | None  # None when the provider did not say
+    message: str | None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """One provider call's outcome: per-recipient results, or a failure of the whole call.
+
+    `failure` is `error` (the provider refused the call: nothing was sent), `unavailable` (the
+    request never reached it: nothing was sent) or `timeout` (it may or may not have been sent).
+    """
+
+    results: dict[str, RecipientResult]
+    failure: FailureKind | None = None
+    detail: str | None = None
+
+
+class ProviderClient:
+    """Posts sends to the provider with the account credentials, and reads its answers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        *,
+        api_key: str,
+        username: str,
+        password: str,
+        timeout: float,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._credentials = {"api_key": api_key, "username": username, "password": password}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def send(
+        self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None
+    ) -> SendResult:
+        """Send one call; never raises for provider or network trouble, it reports it."""
+        form = {**self._credentials, "recipients": ",".join(recipients), "message": message}
+        if sender:
+            form["sender"] = sender
+        if dlrurl:
+            form["dlrurl"] = dlrurl
+        try:
+            async with self._session.post(self._url, data=form, timeout=self._timeout) as resp:
+                body = await resp.read()
+                return _interpret(resp.status, body)
+        except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
+            # The connection was never made, so the provider cannot have sent anything.
+            log.warning("provider unreachable: %s", type(exc).__name__)
+            return SendResult({}, "unavailable", "the provider could not be reached")
+        except TimeoutError:
+            log.warning("provider call timed out")
+            return SendResult({}, "timeout", "the provider did not answer in time")
+        except aiohttp.ClientError as exc:
+            # The request may have left: a broken connection mid-answer is an unknown outcome.
+            log.warning("provider connection failed: %s", type(exc).__name__)
+            return SendResult({}, "timeout", "the connection to the provider broke")
+
+
+def _interpret(status: int, body: bytes) -> SendResult:
+    """Turn the provider's HTTP answer into a SendResult, defensively."""
+    data: Any = None
+    try:
+        data = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    message = _text(data.get("message")) if isinstance(data, dict) else None
+    if isinstance(data, dict) and str(data.get("status", "")).lower() == "error":
+        if status >= 500:
+            # A 5xx could come from a proxy after the provider acted; do not assume nothing left.
+            return SendResult({}, "timeout", message or f"the provider answered HTTP {status}")
+        return SendResult({}, "error", message or "the provider refused the send")
+    if 400 <= status < 500:
+        return SendResult({}, "error", message or f"the provider answered HTTP {status}")
+    if status >= 500:
+        return SendResult({}, "timeout", f"the provider answered HTTP {status}")
+    if not isinstance(data, dict) or str(data.get("status", "")).lower() != "success":
+        return SendResult({}, "timeout", "the provider's answer could not be read")
+    entries = data.get("response")
+    results: dict[str, RecipientResult] = {}
+    if isinstance(entries, list):
+        for entry in entries:
+            parsed = _recipient(entry)
+            if parsed is not None:
+                results[parsed.recipient] = parsed
+    return SendResult(results)
+
+
+def _recipient(entry: Any) -> RecipientResult | None:
+    if not isinstance(entry, dict):
+        return None
+    recipient = _text(entry.get("recipient"))
+    if not recipient:
+        return None
+    recipient = recipient.lstrip("+")
+    status = str(entry.get("status", "")).lower()
+    return RecipientResult(
+        recipient=recipient,
+        status="sent" if status in ("sent", "success", "queued", "accepted") else "failed",
+        message_id=_text(entry.get("messageid")),
+        cost=parse_cost(entry.get("cost")),
+        message=_text(entry.get("message")),
+    )
+
+
+def parse_cost(value: Any) -> int | None:
+    """The provider's cost as whole RWF (it has no smaller unit); None if missing or unreadable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or amount < 0:
+        return None
+    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    text = str(value).strip()
+    return text or None

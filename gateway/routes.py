@@ -1,0 +1,21 @@
+"""The one route table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .handlers import admin, messages, ops
+
+
+def setup_routes(app: web.Application) -> None:
+    """Attach every route to `app`."""
+    app.router.add_post("/messages", messages.create_message)
+    app.router.add_get("/messages", messages.list_messages, allow_head=False)
+    app.router.add_get("/messages/{id}", messages.get_message, allow_head=False)
+    app.router.add_post("/admin/teams", admin.create_team)
+    app.router.add_get("/admin/teams", admin.list_teams, allow_head=False)
+    app.router.add_get("/admin/teams/{id}", admin.get_team, allow_head=False)
+    app.router.add_patch("/admin/teams/{id}", admin.update_team)
+    app.router.add_post("/admin/teams/{id}/webhook-secret", admin.rotate_webhook_secret)
+    app.router.add_get("/healthz", ops.healthz, allow_head=False)
+    app.router.add_get("/openapi.yaml", ops.openapi, allow_head=False)

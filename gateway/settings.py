@@ -1,0 +1,260 @@
+"""Settings read once from the environment (and an optional TOML file); secrets hidden from repr."""
+
+from __future__ import annotations
+
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "GATEWAY_"
+DEFAULT_PROVIDER_URL = "https://bulksms.schooldream.co.rw/api/v2/sms/send"
+DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+SUPPORTED_ALGORITHMS = frozenset(
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+    }
+)
+# Fixed sandbox credentials: the simulated provider checks them like the real one would.
+SANDBOX_CREDENTIALS = ("sandbox-api-key", "sandbox", "sandbox-password")
+
+
+class ConfigError(Exception):
+    """A setting is missing or unusable; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with; built by `from_env`, never read elsewhere."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database: str = "gateway.db"
+    provider_url: str = DEFAULT_PROVIDER_URL
+    provider_api_key: str | None = field(default=None, repr=False)
+    provider_username: str | None = None
+    provider_password: str | None = field(default=None, repr=False)
+    provider_sender: str | None = None
+    provider_timeout: float = 15.0
+    provider_batch_size: int = 100
+    public_url: str = ""
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: str | None = field(default=None, repr=False)  # PEM text, not the path
+    jwks_url: str | None = None
+    jwks_min_refresh: float = 5.0
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = "sms-gateway"
+    timezone: str = "Africa/Kigali"
+    price_per_segment: int = 75
+    webhook_retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    sandbox: bool = False
+    default_region: str = "RW"
+    allowed_regions: tuple[str, ...] = ("RW",)
+    sandbox_dlr_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value configured, for redaction and leak checks."""
+        values = (self.provider_api_key, self.provider_password, self.jwt_secret)
+        return tuple(v for v in values if v)
+
+    def validate(self) -> None:
+        """Raise ConfigError with one clear line if the settings cannot run a gateway."""
+        if not self.sandbox:
+            missing = [
+                PREFIX + name
+                for name, value in (
+                    ("PROVIDER_API_KEY", self.provider_api_key),
+                    ("PROVIDER_USERNAME", self.provider_username),
+                    ("PROVIDER_PASSWORD", self.provider_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ConfigError(
+                    f"{', '.join(missing)} must be set (or run with --sandbox to use the simulator)"
+                )
+        _check_url("GATEWAY_PROVIDER_URL", self.provider_url)
+        _check_url("GATEWAY_PUBLIC_URL", self.public_url)
+        if self.jwks_url:
+            _check_url("GATEWAY_JWKS_URL", self.jwks_url)
+        algorithms = {a.upper() for a in self.jwt_algorithms}
+        if not algorithms:
+            raise ConfigError("GATEWAY_JWT_ALGORITHMS must name at least one algorithm")
+        if "NONE" in algorithms:
+            raise ConfigError("GATEWAY_JWT_ALGORITHMS may not contain 'none'")
+        unknown = algorithms - SUPPORTED_ALGORITHMS
+        if unknown:
+            raise ConfigError(
+                f"GATEWAY_JWT_ALGORITHMS has unsupported {', '.join(sorted(unknown))}"
+            )
+        if not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
+            raise ConfigError(
+                "no JWT key: set GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes long")
+        symmetric = {a for a in algorithms if a.startswith("HS")}
+        if symmetric and not self.jwt_secret:
+            raise ConfigError(f"{', '.join(sorted(symmetric))} needs GATEWAY_JWT_SECRET")
+        if algorithms - symmetric and not (self.jwt_public_key or self.jwks_url):
+            raise ConfigError(
+                f"{', '.join(sorted(algorithms - symmetric))} needs "
+                "GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL"
+            )
+        if self.jwt_secret and not symmetric:
+            raise ConfigError("GATEWAY_JWT_SECRET is set but GATEWAY_JWT_ALGORITHMS allows no HS*")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"GATEWAY_TIMEZONE {self.timezone!r} is not a known time zone"
+            ) from None
+        if not 1 <= self.provider_batch_size <= 1000:
+            raise ConfigError("GATEWAY_PROVIDER_BATCH_SIZE must be between 1 and 1000")
+        if self.provider_timeout <= 0:
+            raise ConfigError("GATEWAY_PROVIDER_TIMEOUT must be positive")
+        if self.price_per_segment < 0:
+            raise ConfigError("GATEWAY_PRICE_PER_SEGMENT must not be negative")
+        if not self.webhook_retry_schedule or any(s < 0 for s in self.webhook_retry_schedule):
+            raise ConfigError("GATEWAY_WEBHOOK_RETRY_SCHEDULE must be non-negative seconds")
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        config_file: str | None = None,
+        *,
+        sandbox: bool | None = None,
+        check: bool = True,
+    ) -> Settings:
+        """Build settings from a TOML file (optional) overlaid by the environment.
+
+        `check=False` skips the server's start-up checks (for CLI commands that only need the
+        database).
+        """
+        raw: dict[str, Any] = {}
+        if config_file:
+            try:
+                with open(config_file, "rb") as fh:
+                    raw = {str(k).lower(): v for k, v in tomllib.load(fh).items()}
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read config file {config_file}: {exc.strerror}"
+                ) from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        for key, value in environ.items():
+            if key.startswith(PREFIX):
+                raw[key[len(PREFIX) :].lower()] = value
+        if sandbox:
+            raw["sandbox"] = True
+        settings = cls(**_convert(raw))
+        if settings.sandbox:
+            api_key, username, password = SANDBOX_CREDENTIALS
+            settings = replace(
+                settings,
+                provider_api_key=settings.provider_api_key or api_key,
+                provider_username=settings.provider_username or username,
+                provider_password=settings.provider_password or password,
+            )
+        if check:
+            settings.validate()
+        return settings
+
+
+def _check_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{PREFIX}{name.upper()} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def _as_number(name: str, value: Any, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a number, got {value!r}") from None
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value).replace(" ", ",").split(",") if part.strip()]
+
+
+def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
+    known = set(Settings.__dataclass_fields__)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            continue  # GATEWAY_* variables the gateway does not know are ignored, like any env
+        if key in ("port", "provider_batch_size", "price_per_segment"):
+            out[key] = _as_number(key, value, int)
+        elif key in ("provider_timeout", "jwks_min_refresh", "sandbox_dlr_delay"):
+            out[key] = _as_number(key, value, float)
+        elif key == "sandbox":
+            out[key] = _as_bool(key, value)
+        elif key == "jwt_algorithms" or key == "allowed_regions":
+            out[key] = tuple(a.upper() for a in _as_list(value))
+        elif key == "default_region":
+            out[key] = str(value).upper()
+        elif key == "webhook_retry_schedule":
+            out[key] = tuple(_as_number(key, v, int) for v in _as_list(value))
+        elif key == "jwt_public_key":
+            out[key] = _read_pem(str(value)) if value else None
+        elif key in (
+            "jwt_issuer",
+            "jwt_audience",
+            "provider_sender",
+            "jwks_url",
+            "jwt_secret",
+            "provider_api_key",
+            "provider_username",
+            "provider_password",
+        ):
+            out[key] = str(value) if str(value) != "" else None
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _read_pem(value: str) -> str:
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read GATEWAY_JWT_PUBLIC_KEY file {value}: {exc.strerror}"
+        ) from None

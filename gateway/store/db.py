@@ -1,0 +1,126 @@
+"""The SQLite handle: one serialised writer connection, one reader, schema migrations on open."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS = ("schema_1.sql",)
+
+
+class Store:
+    """Owns the database connections; every write goes through `transaction()`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        # One connection writes; the lock keeps concurrent coroutines from interleaving statements
+        # of their transactions on it. BEGIN IMMEDIATE also serialises against other processes.
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Connect, switch to WAL and bring the schema up to date."""
+        self._writer = await self._connect()
+        if self.path == ":memory:":
+            self._reader = self._writer  # a second :memory: connection would be another database
+        else:
+            await execute(self._writer, "PRAGMA journal_mode=WAL")
+            self._reader = await self._connect()
+        await self._migrate()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in ("busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
+            await execute(conn, f"PRAGMA {pragma}")
+        return conn
+
+    async def close(self) -> None:
+        """Close both connections."""
+        if self._reader is not None and self._reader is not self._writer:
+            await self._reader.close()
+        if self._writer is not None:
+            await self._writer.close()
+        self._reader = self._writer = None
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection for reads outside a transaction (WAL gives it a consistent snapshot)."""
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction; commits on success, rolls back on any exception."""
+        assert self._writer is not None, "store is not open"
+        async with self._write_lock:
+            conn = self._writer
+            await execute(conn, "BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await execute(conn, "ROLLBACK")
+                raise
+            await execute(conn, "COMMIT")
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        """One row from the reader."""
+        async with self.reader.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        """All rows from the reader."""
+        async with self.reader.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as conn:
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            for number, name in enumerate(MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                script = resources.files("gateway.store").joinpath(name).read_text()
+                for statement in _statements(script):
+                    await execute(conn, statement)
+                await execute(conn, f"PRAGMA user_version={number}")
+
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte key kept in the database, made on first use (e.g. for DLR tokens)."""
+        row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
+        if row is None:
+            async with self.transaction() as conn:
+                await execute(
+                    conn,
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+                    (name, secrets.token_hex(32)),
+                )
+            row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
+        assert row is not None
+        return bytes.fromhex(row["value"])
+
+
+async def execute(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
+    """Execute one statement and close its cursor (an open one can hold a lock); rowcount."""
+    async with conn.execute(sql, tuple(params)) as cur:
+        return cur.rowcount
+
+
+async def executemany(conn: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> int:
+    """Execute a statement for every row and close the cursor; total rowcount."""
+    async with conn.executemany(sql, [tuple(r) for r in rows]) as cur:
+        return cur.rowcount
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema file into statements (executescript would commit our transaction)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

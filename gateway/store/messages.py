@@ -1,0 +1,282 @@
+"""Message rows and the usage counters that move with them, always in one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from .. import quota
+from .db import Store, execute, executemany
+
+FINAL_STATUSES = frozenset({"failed", "delivered", "undelivered"})
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message about to be stored as `sending`, with the charge it reserves."""
+
+    id: str
+    recipient: str
+    segments: int
+    cost: int  # reserved estimate
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one POST /messages stores: shared fields plus one NewMessage per recipient."""
+
+    batch_id: str
+    team_id: str
+    text: str
+    sender: str | None
+    reference: str | None
+    callback_url: str | None
+    encoding: str
+    day: str
+    month: str
+    created_at: str
+    messages: Sequence[NewMessage]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the provider's answer settles one message."""
+
+    message_id: str
+    status: str  # sent | failed | unknown
+    at: str
+    charged_segments: int
+    cost: int
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_detail: str | None = None
+
+
+async def _usage(conn: aiosqlite.Connection, team_id: str, day: str, month: str) -> quota.Usage:
+    async with conn.execute(
+        "SELECT period, segments, cost FROM usage WHERE team_id = ? AND period IN (?, ?)",
+        (team_id, day, month),
+    ) as cur:
+        rows = {r["period"]: r for r in await cur.fetchall()}
+    return quota.Usage(
+        day_segments=rows[day]["segments"] if day in rows else 0,
+        month_segments=rows[month]["segments"] if month in rows else 0,
+        month_cost=rows[month]["cost"] if month in rows else 0,
+    )
+
+
+async def _bump(conn: aiosqlite.Connection, rows: list[tuple[str, str, int, int, int]]) -> None:
+    """Add (messages, segments, cost) deltas to (team, period) counters."""
+    await executemany(
+        conn,
+        "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
+        " segments = segments + excluded.segments, cost = cost + excluded.cost",
+        rows,
+    )
+
+
+async def reserve(store: Store, batch: Batch) -> quota.Refusal | None:
+    """Check the team's limits, charge the counters and store the messages as `sending`, atomically.
+
+    Returns the refusal (and stores nothing) if a limit would be passed.
+    """
+    segments = sum(m.segments for m in batch.messages)
+    cost = sum(m.cost for m in batch.messages)
+    events = json.dumps([{"status": "sending", "at": batch.created_at}])
+    async with store.transaction() as conn:
+        async with conn.execute(
+            "SELECT daily_limit, monthly_limit, monthly_budget FROM teams WHERE id = ?",
+            (batch.team_id,),
+        ) as cur:
+            team = await cur.fetchone()
+        assert team is not None, "the caller authenticated this team"
+        limits = quota.Limits(team["daily_limit"], team["monthly_limit"], team["monthly_budget"])
+        refusal = quota.check(
+            limits, await _usage(conn, batch.team_id, batch.day, batch.month), segments, cost
+        )
+        if refusal is not None:
+            return refusal
+        count = len(batch.messages)
+        await _bump(
+            conn,
+            [
+                (batch.team_id, batch.day, count, segments, cost),
+                (batch.team_id, batch.month, count, segments, cost),
+            ],
+        )
+        await executemany(
+            conn,
+            "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
+            " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
+            " created_at, events)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    m.id,
+                    batch.batch_id,
+                    batch.team_id,
+                    m.recipient,
+                    batch.text,
+                    batch.sender,
+                    batch.reference,
+                    batch.callback_url,
+                    m.segments,
+                    batch.encoding,
+                    m.segments,
+                    m.cost,
+                    batch.day,
+                    batch.month,
+                    batch.created_at,
+                    events,
+                )
+                for m in batch.messages
+            ],
+        )
+    return None
+
+
+async def settle(store: Store, batch: Batch, outcomes: Sequence[Outcome]) -> None:
+    """Apply the provider's outcomes and move the counters by the difference to the reservation."""
+    reserved = {m.id: m for m in batch.messages}
+    deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for o in outcomes:
+        r = reserved[o.message_id]
+        d_messages = int(o.charged_segments > 0 or o.cost > 0) - 1
+        for period in (batch.day, batch.month):
+            delta = deltas[period]
+            delta[0] += d_messages
+            delta[1] += o.charged_segments - r.segments
+            delta[2] += o.cost - r.cost
+    async with store.transaction() as conn:
+        await executemany(
+            conn,
+            "UPDATE messages SET status = ?, charged_segments = ?, cost = ?,"
+            " provider_message_id = ?, error_code = ?, error_detail = ?,"
+            " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
+            " completed_at = CASE WHEN ? = 'failed' THEN ? ELSE completed_at END,"
+            " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?))"
+            " WHERE id = ? AND status = 'sending'",
+            [
+                (
+                    o.status,
+                    o.charged_segments,
+                    o.cost,
+                    o.provider_message_id,
+                    o.error_code,
+                    o.error_detail,
+                    o.status,
+                    o.at,
+                    o.status,
+                    o.at,
+                    o.status,
+                    o.at,
+                    o.message_id,
+                )
+                for o in outcomes
+            ],
+        )
+        await _bump(
+            conn,
+            [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
+        )
+
+
+async def mark_stranded_unknown(store: Store, at: str) -> int:
+    """Messages left `sending` by a process that died mid-send become `unknown` (still charged)."""
+    async with store.transaction() as conn:
+        return await execute(
+            conn,
+            "UPDATE messages SET status = 'unknown', error_code = 'interrupted',"
+            " error_detail = 'the gateway stopped before the provider answered',"
+            " events = json_insert(events, '$[#]', json_object('status', 'unknown', 'at', ?))"
+            " WHERE status = 'sending'",
+            (at,),
+        )
+
+
+def resource(row: aiosqlite.Row) -> dict[str, Any]:
+    """The API's message object from a row."""
+    error = None
+    if row["error_code"]:
+        error = {"code": row["error_code"], "detail": row["error_detail"]}
+    return {
+        "id": row["id"],
+        "batch_id": row["batch_id"],
+        "to": row["recipient"],
+        "text": row["text"],
+        "sender": row["sender"],
+        "reference": row["reference"],
+        "status": row["status"],
+        "segments": row["segments"],
+        "encoding": row["encoding"],
+        "cost": row["cost"],
+        "currency": "RWF",
+        "provider_message_id": row["provider_message_id"],
+        "error": error,
+        "created_at": row["created_at"],
+        "sent_at": row["sent_at"],
+        "completed_at": row["completed_at"],
+        "events": json.loads(row["events"]),
+    }
+
+
+async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, Any] | None:
+    """One of the team's messages, or None (another team's id is None too)."""
+    row = await store.fetchone(
+        "SELECT * FROM messages WHERE id = ? AND team_id = ?", (message_id, team_id)
+    )
+    return resource(row) if row else None
+
+
+async def get_batch(store: Store, team_id: str, batch_id: str) -> list[dict[str, Any]]:
+    """The messages of one batch in the order they were stored."""
+    rows = await store.fetchall(
+        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
+        (team_id, batch_id),
+    )
+    return [resource(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """GET /messages filters, already validated; `min_id`/`max_id` bound the ULID range."""
+
+    status: str | None = None
+    to: str | None = None
+    reference: str | None = None
+    batch_id: str | None = None
+    min_id: str | None = None  # inclusive
+    max_id: str | None = None  # exclusive
+    before_id: str | None = None  # the cursor: exclusive
+    limit: int = 50
+
+
+async def list_messages(store: Store, team_id: str, f: ListFilter) -> list[dict[str, Any]]:
+    """Newest first; one more row than `limit` is fetched by the caller to know if more exist."""
+    clauses = ["team_id = ?"]
+    params: list[Any] = [team_id]
+    for column, value in (
+        ("status", f.status),
+        ("recipient", f.to),
+        ("reference", f.reference),
+        ("batch_id", f.batch_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if f.min_id is not None:
+        clauses.append("id >= ?")
+        params.append(f.min_id)
+    for bound in (f.max_id, f.before_id):
+        if bound is not None:
+            clauses.append("id < ?")
+            params.append(bound)
+    params.append(f.limit)
+    sql = f"SELECT * FROM messages WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608
+    return [resource(r) for r in await store.fetchall(sql, params)]

@@ -1,0 +1,166 @@
+"""Team rows: creation, lookup, updates, webhook secret rotation."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from ..clock import iso
+from ..errors import Conflict, NotFound
+from .db import Store, execute
+
+TEAM_FIELDS = (
+    "name",
+    "active",
+    "daily_limit",
+    "monthly_limit",
+    "monthly_budget",
+    "rate_limit_per_second",
+    "callback_url",
+)
+
+
+@dataclass(frozen=True)
+class Team:
+    """A team as stored; `webhook_secret` is only shown on creation and rotation."""
+
+    id: str
+    name: str
+    active: bool
+    daily_limit: int | None
+    monthly_limit: int | None
+    monthly_budget: int | None
+    rate_limit_per_second: float | None
+    callback_url: str | None
+    webhook_secret: str
+    created_at: str
+
+    def public(self, *, with_secret: bool = False) -> dict[str, Any]:
+        """The team object of the API."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "active": self.active,
+            "daily_limit": self.daily_limit,
+            "monthly_limit": self.monthly_limit,
+            "monthly_budget": self.monthly_budget,
+            "rate_limit_per_second": self.rate_limit_per_second,
+            "callback_url": self.callback_url,
+            "created_at": self.created_at,
+        }
+        if with_secret:
+            body["webhook_secret"] = self.webhook_secret
+        return body
+
+
+def new_webhook_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes, as the Standard Webhooks spec lays out."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _team(row: aiosqlite.Row | sqlite3.Row) -> Team:
+    return Team(
+        id=row["id"],
+        name=row["name"],
+        active=bool(row["active"]),
+        daily_limit=row["daily_limit"],
+        monthly_limit=row["monthly_limit"],
+        monthly_budget=row["monthly_budget"],
+        rate_limit_per_second=row["rate_limit_per_second"],
+        callback_url=row["callback_url"],
+        webhook_secret=row["webhook_secret"],
+        created_at=row["created_at"],
+    )
+
+
+async def create_team(store: Store, team_id: str, fields: dict[str, Any], now: datetime) -> Team:
+    """Insert a team; Conflict if the id is taken."""
+    values = {"name": team_id, "active": True, **fields}
+    try:
+        async with store.transaction() as conn:
+            await execute(
+                conn,
+                "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
+                " rate_limit_per_second, callback_url, webhook_secret, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    team_id,
+                    values["name"],
+                    int(values["active"]),
+                    values.get("daily_limit"),
+                    values.get("monthly_limit"),
+                    values.get("monthly_budget"),
+                    values.get("rate_limit_per_second"),
+                    values.get("callback_url"),
+                    new_webhook_secret(),
+                    iso(now),
+                ),
+            )
+    except sqlite3.IntegrityError:
+        raise Conflict(f"team {team_id!r} already exists", code="team_exists") from None
+    return await get_team(store, team_id)
+
+
+async def find_team(store: Store, team_id: str) -> Team | None:
+    """The team with this id, or None."""
+    row = await store.fetchone("SELECT * FROM teams WHERE id = ?", (team_id,))
+    return _team(row) if row else None
+
+
+async def get_team(store: Store, team_id: str) -> Team:
+    """The team with this id; NotFound otherwise."""
+    team = await find_team(store, team_id)
+    if team is None:
+        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    return team
+
+
+async def list_teams(store: Store) -> list[Team]:
+    """Every team, by id."""
+    return [_team(r) for r in await store.fetchall("SELECT * FROM teams ORDER BY id")]
+
+
+async def update_team(store: Store, team_id: str, fields: dict[str, Any]) -> Team:
+    """Change the given fields of a team; NotFound if there is none."""
+    changes = {k: v for k, v in fields.items() if k in TEAM_FIELDS}
+    if "active" in changes:
+        changes["active"] = int(bool(changes["active"]))
+    async with store.transaction() as conn:
+        if changes:
+            assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
+            found = (
+                await execute(
+                    conn,
+                    f"UPDATE teams SET {assignments} WHERE id = ?",  # noqa: S608
+                    (*changes.values(), team_id),
+                )
+                > 0
+            )
+        else:
+            async with conn.execute("SELECT 1 FROM teams WHERE id = ?", (team_id,)) as cur:
+                found = await cur.fetchone() is not None
+    if not found:
+        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    return await get_team(store, team_id)
+
+
+async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
+    """Give the team a new webhook secret and return it (with the secret)."""
+    async with store.transaction() as conn:
+        found = (
+            await execute(
+                conn,
+                "UPDATE teams SET webhook_secret = ? WHERE id = ?",
+                (new_webhook_secret(), team_id),
+            )
+            > 0
+        )
+    if not found:
+        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    return await get_team(store, team_id)

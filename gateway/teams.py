@@ -1,0 +1,79 @@
+"""Validation of team fields for the admin API and the CLI; pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ValidationFailed
+from .sending import check_callback_url
+
+TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")
+EDITABLE = frozenset({"name", "active", "rate_limit_per_second", "callback_url", *LIMIT_FIELDS})
+
+
+def _bad(field: str, reason: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field}: {reason}", extra={"errors": [{"field": field, "reason": reason}]}
+    )
+
+
+def check_team_id(value: Any) -> str:
+    """A team id is a slug: lower-case letters, digits, '-' and '_', at most 63 characters."""
+    if not isinstance(value, str) or not TEAM_ID.fullmatch(value):
+        raise _bad(
+            "id",
+            "must be a slug: a-z, 0-9, '-' or '_', starting with a letter or digit, "
+            "at most 63 characters",
+        )
+    return value
+
+
+def check_team_fields(body: Any, *, creating: bool) -> dict[str, Any]:
+    """Validate a team body; return the editable fields it sets (plus `id` when creating)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    allowed = EDITABLE | {"id"} if creating else EDITABLE
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}",
+            code="unknown_field",
+            extra={
+                "errors": [{"field": f, "reason": "unknown or read-only field"} for f in unknown]
+            },
+        )
+    out: dict[str, Any] = {}
+    if creating:
+        out["id"] = check_team_id(body.get("id"))
+    if "name" in body:
+        name = body["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise _bad("name", "must be a non-empty string of at most 200 characters")
+        out["name"] = name.strip()
+    if "active" in body:
+        if not isinstance(body["active"], bool):
+            raise _bad("active", "must be true or false")
+        out["active"] = body["active"]
+    for field in LIMIT_FIELDS:
+        if field in body:
+            value = body[field]
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53
+            ):
+                raise _bad(field, "must be a non-negative integer or null (unlimited)")
+            out[field] = value
+    if "rate_limit_per_second" in body:
+        value = body["rate_limit_per_second"]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e6
+        ):
+            raise _bad("rate_limit_per_second", "must be a positive number or null (unlimited)")
+        out["rate_limit_per_second"] = None if value is None else float(value)
+    if "callback_url" in body:
+        value = body["callback_url"]
+        if value is not None and (not isinstance(value, str) or len(value) > 2048):
+            raise _bad("callback_url", "must be an http(s) URL or null")
+        out["callback_url"] = check_callback_url(value)
+    return out

@@ -1,0 +1,219 @@
+"""The command line as a user runs it: real subprocesses on a real database file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from .conftest import JWT_SECRET, free_port
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_DATABASE": str(tmp_path / "cli.db"), "GATEWAY_JWT_SECRET": JWT_SECRET})
+    env.update(extra)
+    return env
+
+
+def run(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env or env_for(tmp_path),
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_team_lifecycle(tmp_path: Path) -> None:
+    created = json.loads(
+        run(
+            tmp_path,
+            "team",
+            "create",
+            "payments",
+            "--name",
+            "Payments",
+            "--daily-limit",
+            "1000",
+            "--monthly-budget",
+            "500000",
+            "--callback-url",
+            "https://pay.internal/sms",
+        ).stdout
+    )
+    assert created["id"] == "payments" and created["daily_limit"] == 1000
+    assert created["webhook_secret"].startswith("whsec_")
+    table = run(tmp_path, "team", "list").stdout
+    assert "payments" in table and "Payments" in table and "whsec_" not in table
+    updated = json.loads(
+        run(
+            tmp_path,
+            "team",
+            "update",
+            "payments",
+            "--daily-limit",
+            "none",
+            "--monthly-limit",
+            "20000",
+            "--inactive",
+        ).stdout
+    )
+    assert updated["daily_limit"] is None and updated["monthly_limit"] == 20000
+    assert updated["active"] is False
+    run(tmp_path, "team", "update", "payments", "--active")
+    disabled = json.loads(run(tmp_path, "team", "disable", "payments").stdout)
+    assert disabled["active"] is False
+    rotated = json.loads(run(tmp_path, "team", "rotate-secret", "payments").stdout)
+    assert rotated["webhook_secret"] != created["webhook_secret"]
+    listed = json.loads(run(tmp_path, "team", "list", "--json").stdout)
+    assert [t["id"] for t in listed] == ["payments"]
+
+
+def test_token_issue(tmp_path: Path) -> None:
+    run(tmp_path, "team", "create", "payments")
+    token = run(tmp_path, "token", "issue", "--team", "payments", "--ttl", "15m").stdout.strip()
+    claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="sms-gateway")
+    assert claims["sub"] == "payments" and claims["scope"] == "messages:send messages:read"
+    assert 890 <= claims["exp"] - time.time() <= 900
+    admin = run(tmp_path, "token", "issue", "--team", "ops", "--scope", "admin").stdout.strip()
+    assert (
+        jwt.decode(admin, JWT_SECRET, algorithms=["HS256"], audience="sms-gateway")["scope"]
+        == "admin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("team", "update", "ghost", "--name", "x"), "no team 'ghost'"),
+        (("team", "create", "Bad Id"), "id: must be a slug"),
+        (("team", "update", "ghost"), "nothing to change"),
+        (("token", "issue", "--team", "ghost"), "no team 'ghost'"),
+        (("token", "issue", "--team", "x", "--scope", "admin root"), "unknown scope"),
+    ],
+)
+def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run(tmp_path, *args, ok=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "GATEWAY_PROVIDER_API_KEY, GATEWAY_PROVIDER_USERNAME, GATEWAY_PROVIDER_PASSWORD"),
+        (
+            {
+                "GATEWAY_PROVIDER_API_KEY": "k",
+                "GATEWAY_PROVIDER_USERNAME": "u",
+                "GATEWAY_PROVIDER_PASSWORD": "p",
+                "GATEWAY_JWT_SECRET": "too-short",
+            },
+            "32 bytes",
+        ),
+        (
+            {
+                "GATEWAY_PROVIDER_API_KEY": "k",
+                "GATEWAY_PROVIDER_USERNAME": "u",
+                "GATEWAY_PROVIDER_PASSWORD": "p",
+                "GATEWAY_JWT_SECRET": "",
+            },
+            "no JWT key",
+        ),
+    ],
+)
+def test_serve_refuses_unusable_settings(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = run(tmp_path, "serve", env=env_for(tmp_path, **env), ok=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    for args in (
+        ("--help",),
+        ("serve", "--help"),
+        ("team", "create", "--help"),
+        ("team", "list", "--help"),
+        ("team", "update", "--help"),
+        ("team", "disable", "--help"),
+        ("team", "rotate-secret", "--help"),
+        ("token", "issue", "--help"),
+    ):
+        assert "usage: sms-gateway" in run(tmp_path, *args).stdout
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """`sms-gateway serve --sandbox` as a real process; yields its URL and printed token."""
+    port = free_port()
+    env = env_for(tmp_path, GATEWAY_PORT=str(port), GATEWAY_SANDBOX_DLR_DELAY="0.1")
+    del env["GATEWAY_JWT_SECRET"]  # the sandbox makes its own key and prints a token
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--sandbox",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    token = ""
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the sandbox exited before printing a token"
+                if line.strip().startswith("token:"):
+                    token = line.split()[1]
+                if "Running on" in line:
+                    break
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_sandbox_send_and_look_up(sandbox: tuple[str, str]) -> None:
+    url, token = sandbox
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/messages",
+            headers=headers,
+            json={
+                "to": ["0788123456", "0788123413", "0788123499"],
+                "text": "Hello from the sandbox",
+            },
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            assert resp.status == 201, body
+        assert [m["status"] for m in body["messages"]] == ["sent", "failed", "sent"]
+        assert [m["cost"] for m in body["messages"]] == [75, 0, 75]
+        await asyncio.sleep(0.5)  # the simulator's DLR callbacks (404 until DLR intake exists)
+        async with http.get(f"{url}/messages/{body['messages'][0]['id']}", headers=headers) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["to"] == "250788123456"
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
