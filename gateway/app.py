@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -18,10 +20,10 @@ from .keys import AUTH, CLOCK, HTTP, OPENAPI, SEND, SETTINGS, STORE, TIMEZONE
 from .provider import ProviderClient
 from .routes import setup_routes
 from .sandbox import Simulator
-from .sending import SendContext
+from .sending import IDEMPOTENCY_TTL, SendContext, recover_interrupted
 from .settings import Settings
 from .store import Store
-from .store.messages import mark_stranded_unknown
+from .store.messages import forget_expired_keys
 
 log = logging.getLogger("gateway")
 
@@ -46,9 +48,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store(settings.database)
     await store.open()
-    stranded = await mark_stranded_unknown(store, iso(app[CLOCK]()))
-    if stranded:
-        log.warning("%d message(s) left 'sending' by an earlier run are now 'unknown'", stranded)
+    await recover_interrupted(store, app[CLOCK]())
     app[STORE] = store
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100),
@@ -86,10 +86,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         tz=app[TIMEZONE],
     )
+    housekeeping = asyncio.get_running_loop().create_task(_housekeeping(app))
     try:
         yield
     finally:
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
         if simulator is not None:
             await simulator.stop()
         await http.close()
         await store.close()
+
+
+async def _housekeeping(app: web.Application) -> None:
+    """Hourly: forget Idempotency-Keys older than 24 hours."""
+    while True:
+        live_after = iso(app[CLOCK]() - IDEMPOTENCY_TTL)
+        try:
+            await forget_expired_keys(app[STORE], live_after)
+        except Exception:  # a busy database must not end the loop
+            log.exception("housekeeping failed")
+        await asyncio.sleep(3600)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jwt
 from aiohttp import web
@@ -24,6 +25,7 @@ from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
 from .teams import check_team_fields
+from .usage import billing_report, check_month, report_csv
 
 SANDBOX_TEAM = "sandbox"
 DEFAULT_SCOPE = "messages:send messages:read"
@@ -280,6 +282,38 @@ def cmd_token_issue(args: argparse.Namespace) -> None:
         fail(str(exc))
 
 
+def cmd_usage(args: argparse.Namespace) -> None:
+    """Print the month's per-team usage for billing (a table, or CSV with --csv)."""
+    settings = load_settings(args, serving=False)
+    try:
+        tz = ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"GATEWAY_TIMEZONE {settings.timezone!r} is not a known time zone")
+    try:
+        month = check_month(args.month, utcnow(), tz)
+    except GatewayError as exc:
+        fail(exc.detail)
+    report = _run(settings, lambda s: billing_report(s, month, tz))
+    if args.csv:
+        sys.stdout.write(report_csv(report))
+        return
+    header = ("TEAM", "MESSAGES", "SEGMENTS", "COST (RWF)")
+    rows = [header] + [
+        (r["team"], str(r["messages"]), str(r["segments"]), str(r["cost"])) for r in report["data"]
+    ]
+    totals = report["totals"]
+    rows.append(("total", str(totals["messages"]), str(totals["segments"]), str(totals["cost"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    print(f"Usage for {month} ({settings.timezone})")
+    for row in rows:
+        print(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
 def _add_team_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=argparse.SUPPRESS, help="display name")
     parser.add_argument(
@@ -386,6 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=parse_ttl, default=3600, help="lifetime: seconds or 15m, 1h, 7d (default 1h)"
     )
     issue.set_defaults(func=cmd_token_issue)
+
+    usage = commands.add_parser(
+        "usage", parents=[common], help="per-team messages, segments and cost for a month"
+    )
+    usage.add_argument(
+        "--month",
+        metavar="YYYY-MM",
+        help="the month (default: the current one in GATEWAY_TIMEZONE)",
+    )
+    usage.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV (team,messages,segments,cost,currency) for billing",
+    )
+    usage.set_defaults(func=cmd_usage)
     return parser
 
 

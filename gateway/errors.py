@@ -98,7 +98,7 @@ _HTTP_CODES = {
 }
 
 
-def problem_response(
+def problem_body(
     status: int,
     code: str,
     title: str,
@@ -106,9 +106,8 @@ def problem_response(
     *,
     instance: str | None = None,
     extra: Mapping[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    """Build an RFC 9457 problem+json answer."""
+) -> dict[str, Any]:
+    """The members of an RFC 9457 problem."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
@@ -120,9 +119,30 @@ def problem_response(
         body["instance"] = instance
     if extra:
         body.update(extra)
+    return body
+
+
+def error_body(exc: GatewayError, instance: str | None = None) -> dict[str, Any]:
+    """The problem members of a domain error."""
+    return problem_body(
+        exc.status, exc.code, exc.title, exc.detail, instance=instance, extra=exc.extra
+    )
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Build an RFC 9457 problem+json answer."""
     return web.Response(
         status=status,
-        text=json.dumps(body),
+        text=json.dumps(problem_body(status, code, title, detail, instance=instance, extra=extra)),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=dict(headers or {}),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, messages, ops
+from .handlers import admin, messages, ops, usage
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,6 +12,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/messages", messages.create_message)
     app.router.add_get("/messages", messages.list_messages, allow_head=False)
     app.router.add_get("/messages/{id}", messages.get_message, allow_head=False)
+    app.router.add_get("/usage", usage.get_usage, allow_head=False)
+    app.router.add_get("/admin/usage", usage.get_billing, allow_head=False)
     app.router.add_post("/admin/teams", admin.create_team)
     app.router.add_get("/admin/teams", admin.list_teams, allow_head=False)
     app.router.add_get("/admin/teams/{id}", admin.get_team, allow_head=False)

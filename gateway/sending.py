@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from . import numbers, segments
+from . import numbers, quota, segments
 from .clock import Clock, iso, next_day_start, next_month_start, periods
 from .dlrtoken import DlrTokens
 from .errors import (
+    PROBLEM_CONTENT_TYPE,
+    Conflict,
     GatewayError,
     InvalidRecipient,
     ProviderError,
@@ -22,6 +28,8 @@ from .errors import (
     ProviderUnavailable,
     QuotaExceeded,
     ValidationFailed,
+    error_body,
+    problem_body,
 )
 from .ids import ulid
 from .provider import ProviderClient, SendResult
@@ -37,6 +45,42 @@ SEND_FIELDS = frozenset({"to", "text", "sender", "reference", "callback_url"})
 _ALPHA_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .\-&_]{0,10}")
 _NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
 PROVIDER_CONCURRENCY = 8
+IDEMPOTENCY_TTL = timedelta(hours=24)
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What POST /messages answers: status, serialised body, and whether it is a replay."""
+
+    status: int
+    body: str
+    content_type: str = JSON
+    replayed: bool = False
+
+
+def dumps(data: Any) -> str:
+    """The API's JSON serialisation."""
+    return json.dumps(data, ensure_ascii=False)
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """An Idempotency-Key is 1-255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
+def request_hash(body: Any) -> str:
+    """A fingerprint of a request body's meaning (key order and spacing do not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -208,18 +252,93 @@ def _outcome(
     )
 
 
-async def send(ctx: SendContext, team_id: str, request: SendRequest) -> dict[str, Any]:
-    """Reserve, call the provider in batches, settle, and return the 201 body.
+async def send(
+    ctx: SendContext,
+    team_id: str,
+    request: SendRequest,
+    *,
+    idempotency_key: str | None = None,
+    body_hash: str = "",
+) -> Answer:
+    """Reserve, call the provider in batches, settle, and return the 201 answer.
 
     Raises QuotaExceeded before anything is stored or sent, and the provider errors when no
-    batch got an answer (the messages are then stored as failed or unknown).
+    batch got an answer (the messages are then stored as failed or unknown). With an
+    Idempotency-Key, a live key's first answer is replayed instead, and this answer is kept.
     """
-    settings = ctx.settings
     now = ctx.clock()
-    created_at = iso(now)
+    claim = None
+    if idempotency_key is not None:
+        claim = store_messages.IdempotencyClaim(
+            idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL)
+        )
+    batch = _new_batch(ctx, team_id, request, now)
+    reserved = await store_messages.reserve(ctx.store, batch, claim)
+    if isinstance(reserved, store_messages.PriorAnswer):
+        return _replay(reserved, body_hash)
+    if reserved is not None:
+        raise _quota_error(reserved, now, ctx.tz)
+    try:
+        answer = Answer(201, dumps(await _deliver(ctx, batch, request)))
+    except GatewayError as exc:
+        if idempotency_key is not None:
+            await store_messages.remember_answer(
+                ctx.store,
+                team_id,
+                idempotency_key,
+                exc.status,
+                PROBLEM_CONTENT_TYPE,
+                dumps(error_body(exc, "/messages")),
+            )
+        raise
+    if idempotency_key is not None:
+        await store_messages.remember_answer(
+            ctx.store, team_id, idempotency_key, answer.status, answer.content_type, answer.body
+        )
+    return answer
+
+
+def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
+    if prior.request_hash != body_hash:
+        raise ValidationFailed(
+            "this Idempotency-Key was used with another request body; use a new key",
+            code="idempotency_key_reused",
+        )
+    if prior.in_flight or prior.status is None or prior.body is None:
+        raise Conflict(
+            "a request with this Idempotency-Key is still in flight; retry when it has finished",
+            code="idempotency_in_flight",
+            headers={"Retry-After": "1"},
+        )
+    return Answer(prior.status, prior.body, prior.content_type or JSON, replayed=True)
+
+
+def _quota_error(refusal: quota.Refusal, now: datetime, tz: ZoneInfo) -> QuotaExceeded:
+    resets = (next_day_start if refusal.period == "day" else next_month_start)(now, tz)
+    retry_after = max(1, math.ceil((resets - now).total_seconds()))
+    unit = "RWF" if refusal.quota == "monthly_budget" else "segments"
+    return QuotaExceeded(
+        f"this send needs {refusal.requested} {unit} but the team's {refusal.quota} of "
+        f"{refusal.limit} has {refusal.remaining} left; nothing was sent",
+        extra={
+            "quota": refusal.quota,
+            "limit": refusal.limit,
+            "used": refusal.used,
+            "remaining": refusal.remaining,
+            "requested": refusal.requested,
+            "resets_at": iso(resets),
+        },
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _new_batch(
+    ctx: SendContext, team_id: str, request: SendRequest, now: datetime
+) -> store_messages.Batch:
+    """The batch to store: one message per recipient, each reserving the estimated cost."""
     day, month = periods(now, ctx.tz)
-    per_message_cost = request.info.segments * settings.price_per_segment
-    batch = store_messages.Batch(
+    per_message_cost = request.info.segments * ctx.settings.price_per_segment
+    return store_messages.Batch(
         batch_id="bat_" + ulid(now),
         team_id=team_id,
         text=request.text,
@@ -229,7 +348,7 @@ async def send(ctx: SendContext, team_id: str, request: SendRequest) -> dict[str
         encoding=request.info.encoding,
         day=day,
         month=month,
-        created_at=created_at,
+        created_at=iso(now),
         messages=[
             store_messages.NewMessage(
                 "msg_" + ulid(now), r, request.info.segments, per_message_cost
@@ -237,25 +356,14 @@ async def send(ctx: SendContext, team_id: str, request: SendRequest) -> dict[str
             for r in request.recipients
         ],
     )
-    refusal = await store_messages.reserve(ctx.store, batch)
-    if refusal is not None:
-        resets = (next_day_start if refusal.period == "day" else next_month_start)(now, ctx.tz)
-        retry_after = max(1, int((resets - now).total_seconds() + 0.999))
-        raise QuotaExceeded(
-            f"this send needs {refusal.requested} more "
-            f"{'RWF' if refusal.quota == 'monthly_budget' else 'segments'} but the team's "
-            f"{refusal.quota} of {refusal.limit} has {refusal.remaining} left; nothing was sent",
-            extra={
-                "quota": refusal.quota,
-                "limit": refusal.limit,
-                "used": refusal.used,
-                "remaining": refusal.remaining,
-                "requested": refusal.requested,
-                "resets_at": iso(resets),
-            },
-            headers={"Retry-After": str(retry_after)},
-        )
 
+
+async def _deliver(
+    ctx: SendContext, batch: store_messages.Batch, request: SendRequest
+) -> dict[str, Any]:
+    """Call the provider for every chunk of the batch, settle, and build the 201 body."""
+    settings = ctx.settings
+    team_id = batch.team_id
     dlrurl = f"{settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
     size = settings.provider_batch_size
     chunks = [batch.messages[i : i + size] for i in range(0, len(batch.messages), size)]
@@ -312,3 +420,25 @@ def _provider_failure(
     if "error" in kinds:
         return ProviderError(f"the provider refused the send: {detail}", extra=extra)
     return ProviderUnavailable(f"{detail}; nothing was sent", extra=extra)
+
+
+async def recover_interrupted(store: Store, at: datetime) -> None:
+    """After a crash: messages left `sending` become `unknown`, and their in-flight
+    Idempotency-Keys answer what a lost provider answer would have (504, still charged)."""
+    stranded = await store_messages.mark_stranded_unknown(store, iso(at))
+    if stranded:
+        log.warning("%d message(s) left 'sending' by an earlier run are now 'unknown'", stranded)
+    for team_id, key, batch_id in await store_messages.stranded_claims(store):
+        messages = await store_messages.get_batch(store, team_id, batch_id) if batch_id else []
+        body = problem_body(
+            504,
+            "provider_timeout",
+            ProviderTimeout.title,
+            "the gateway stopped before the provider answered; the messages are 'unknown' "
+            "and stay charged until the outcome is known",
+            instance="/messages",
+            extra={"batch_id": batch_id, "messages": messages},
+        )
+        await store_messages.remember_answer(
+            store, team_id, key, 504, PROBLEM_CONTENT_TYPE, dumps(body)
+        )

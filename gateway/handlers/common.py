@@ -41,8 +41,8 @@ async def principal(request: web.Request) -> Principal:
     return await request.app[AUTH].verify(bearer_token(request))
 
 
-async def team_for(request: web.Request, scope: str) -> Team:
-    """The calling team, active, holding `scope` (401/403 otherwise)."""
+async def team_for(request: web.Request, scope: str | None) -> Team:
+    """The calling team, active, holding `scope` if one is named (401/403 otherwise)."""
     caller = await principal(request)
     team = await find_team(request.app[STORE], caller.subject)
     if team is None:
@@ -51,7 +51,8 @@ async def team_for(request: web.Request, scope: str) -> Team:
         )
     if not team.active:
         raise Forbidden(f"team {caller.subject!r} is disabled", code="team_disabled")
-    require_scope(caller, scope)
+    if scope is not None:
+        require_scope(caller, scope)
     return team
 
 

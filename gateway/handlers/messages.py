@@ -12,7 +12,7 @@ from ..clock import parse_iso
 from ..errors import NotFound, ValidationFailed
 from ..ids import lowest_ulid
 from ..keys import SEND, SETTINGS, STORE
-from ..sending import send, validate
+from ..sending import check_idempotency_key, request_hash, send, validate
 from ..store import messages as store_messages
 from .common import json_response, read_json, team_for
 
@@ -25,10 +25,22 @@ LIST_PARAMS = frozenset(
 async def create_message(request: web.Request) -> web.Response:
     """Send one text to 1-1000 recipients."""
     team = await team_for(request, "messages:send")
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     body = await read_json(request)
     send_request = validate(body, request.app[SETTINGS])
-    result = await send(request.app[SEND], team.id, send_request)
-    return json_response(result, status=201)
+    answer = await send(
+        request.app[SEND],
+        team.id,
+        send_request,
+        idempotency_key=key,
+        body_hash=request_hash(body) if key else "",
+    )
+    return web.Response(
+        text=answer.body,
+        status=answer.status,
+        content_type=answer.content_type,
+        headers={"Idempotent-Replayed": "true"} if answer.replayed else None,
+    )
 
 
 async def get_message(request: web.Request) -> web.Response:

@@ -44,6 +44,26 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """An Idempotency-Key to claim in the reservation's transaction."""
+
+    key: str
+    request_hash: str
+    live_after: str  # keys created before this instant have expired
+
+
+@dataclass(frozen=True)
+class PriorAnswer:
+    """What a live Idempotency-Key already holds: a request in flight, or its first answer."""
+
+    request_hash: str
+    in_flight: bool
+    status: int | None
+    content_type: str | None
+    body: str | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How the provider's answer settles one message."""
 
@@ -81,15 +101,46 @@ async def _bump(conn: aiosqlite.Connection, rows: list[tuple[str, str, int, int,
     )
 
 
-async def reserve(store: Store, batch: Batch) -> quota.Refusal | None:
+async def _claimed(
+    conn: aiosqlite.Connection, team_id: str, claim: IdempotencyClaim
+) -> PriorAnswer | None:
+    async with conn.execute(
+        "SELECT * FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    if row["created_at"] < claim.live_after:
+        await execute(
+            conn, "DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
+        )
+        return None
+    return PriorAnswer(
+        row["request_hash"],
+        row["state"] == "in_flight",
+        row["status"],
+        row["content_type"],
+        row["body"],
+    )
+
+
+async def reserve(
+    store: Store, batch: Batch, claim: IdempotencyClaim | None = None
+) -> quota.Refusal | PriorAnswer | None:
     """Check the team's limits, charge the counters and store the messages as `sending`, atomically.
 
-    Returns the refusal (and stores nothing) if a limit would be passed.
+    With an idempotency claim, a live key's prior answer is returned instead (nothing stored);
+    otherwise the key is claimed `in_flight` in the same transaction. Returns the refusal (and
+    stores nothing, claiming no key) if a limit would be passed.
     """
     segments = sum(m.segments for m in batch.messages)
     cost = sum(m.cost for m in batch.messages)
     events = json.dumps([{"status": "sending", "at": batch.created_at}])
     async with store.transaction() as conn:
+        if claim is not None:
+            prior = await _claimed(conn, batch.team_id, claim)
+            if prior is not None:
+                return prior
         async with conn.execute(
             "SELECT daily_limit, monthly_limit, monthly_budget FROM teams WHERE id = ?",
             (batch.team_id,),
@@ -102,6 +153,13 @@ async def reserve(store: Store, batch: Batch) -> quota.Refusal | None:
         )
         if refusal is not None:
             return refusal
+        if claim is not None:
+            await execute(
+                conn,
+                "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at)"
+                " VALUES (?, ?, ?, ?, 'in_flight', ?)",
+                (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at),
+            )
         count = len(batch.messages)
         await _bump(
             conn,
@@ -184,6 +242,35 @@ async def settle(store: Store, batch: Batch, outcomes: Sequence[Outcome]) -> Non
         await _bump(
             conn,
             [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
+        )
+
+
+async def remember_answer(
+    store: Store, team_id: str, key: str, status: int, content_type: str, body: str
+) -> None:
+    """Store the first answer under its Idempotency-Key, to be replayed while the key lives."""
+    async with store.transaction() as conn:
+        await execute(
+            conn,
+            "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?"
+            " WHERE team_id = ? AND key = ?",
+            (status, content_type, body, team_id, key),
+        )
+
+
+async def stranded_claims(store: Store) -> list[tuple[str, str, str | None]]:
+    """(team, key, batch) of keys left in flight by a process that died mid-send."""
+    rows = await store.fetchall(
+        "SELECT team_id, key, batch_id FROM idempotency WHERE state = 'in_flight'"
+    )
+    return [(r["team_id"], r["key"], r["batch_id"]) for r in rows]
+
+
+async def forget_expired_keys(store: Store, live_after: str) -> int:
+    """Delete Idempotency-Keys created before `live_after`."""
+    async with store.transaction() as conn:
+        return await execute(
+            conn, "DELETE FROM idempotency WHERE created_at < ? AND state = 'done'", (live_after,)
         )
 
 

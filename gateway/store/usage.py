@@ -1,0 +1,51 @@
+"""Reading the usage counters: a team's current periods, and the monthly billing report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .db import Store
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """What a team used in one period."""
+
+    messages: int
+    segments: int
+    cost: int
+
+
+@dataclass(frozen=True)
+class TeamMonth:
+    """One row of the monthly billing report."""
+
+    team: str
+    name: str
+    messages: int
+    segments: int
+    cost: int
+
+
+async def period_usage(store: Store, team_id: str, periods: list[str]) -> dict[str, PeriodUsage]:
+    """The counters of `team_id` for each period (zeros where nothing was sent)."""
+    marks = ", ".join("?" for _ in periods)
+    rows = await store.fetchall(
+        f"SELECT period, messages, segments, cost FROM usage"  # noqa: S608 (placeholders only)
+        f" WHERE team_id = ? AND period IN ({marks})",
+        (team_id, *periods),
+    )
+    found = {r["period"]: PeriodUsage(r["messages"], r["segments"], r["cost"]) for r in rows}
+    return {p: found.get(p, PeriodUsage(0, 0, 0)) for p in periods}
+
+
+async def month_report(store: Store, month: str) -> list[TeamMonth]:
+    """Every team's messages, segments and cost in `month` ('2026-11'), by team id."""
+    rows = await store.fetchall(
+        "SELECT t.id, t.name, COALESCE(u.messages, 0) AS messages,"
+        " COALESCE(u.segments, 0) AS segments, COALESCE(u.cost, 0) AS cost"
+        " FROM teams t LEFT JOIN usage u ON u.team_id = t.id AND u.period = ?"
+        " ORDER BY t.id",
+        (month,),
+    )
+    return [TeamMonth(r["id"], r["name"], r["messages"], r["segments"], r["cost"]) for r in rows]

@@ -1,0 +1,97 @@
+"""The usage views: a team's current day and month, and the billing report as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .clock import periods
+from .errors import ValidationFailed
+from .quota import remaining
+from .store import Store
+from .store.teams import Team
+from .store.usage import TeamMonth, month_report, period_usage
+
+CSV_COLUMNS = ("team", "messages", "segments", "cost", "currency")
+_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+
+
+async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> dict[str, Any]:
+    """GET /usage: the team's current day and month in the gateway's time zone."""
+    day, month = periods(now, tz)
+    used = await period_usage(store, team.id, [day, month])
+    d, m = used[day], used[month]
+    return {
+        "team": team.id,
+        "timezone": tz.key,
+        "currency": "RWF",
+        "day": {
+            "period": day,
+            "limit": team.daily_limit,
+            "used": d.segments,
+            "remaining": remaining(team.daily_limit, d.segments),
+        },
+        "month": {
+            "period": month,
+            "limit": team.monthly_limit,
+            "used": m.segments,
+            "remaining": remaining(team.monthly_limit, m.segments),
+            "budget": team.monthly_budget,
+            "cost": m.cost,
+            "budget_remaining": remaining(team.monthly_budget, m.cost),
+        },
+    }
+
+
+def check_month(value: str | None, now: datetime, tz: ZoneInfo) -> str:
+    """A 'YYYY-MM' month, the current one (in the gateway's zone) when absent."""
+    if value is None:
+        return periods(now, tz)[1]
+    if not _MONTH.fullmatch(value):
+        raise ValidationFailed(
+            "month must look like 2026-11",
+            code="invalid_parameter",
+            extra={"errors": [{"field": "month", "reason": "must be YYYY-MM"}]},
+        )
+    return value
+
+
+async def billing_report(store: Store, month: str, tz: ZoneInfo) -> dict[str, Any]:
+    """GET /admin/usage as JSON: one entry per team, and the totals."""
+    rows = await month_report(store, month)
+    return {
+        "month": month,
+        "timezone": tz.key,
+        "currency": "RWF",
+        "data": [_row(r) for r in rows],
+        "totals": {
+            "messages": sum(r.messages for r in rows),
+            "segments": sum(r.segments for r in rows),
+            "cost": sum(r.cost for r in rows),
+        },
+    }
+
+
+def _row(row: TeamMonth) -> dict[str, Any]:
+    return {
+        "team": row.team,
+        "name": row.name,
+        "messages": row.messages,
+        "segments": row.segments,
+        "cost": row.cost,
+        "currency": "RWF",
+    }
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """The billing report as CSV: `team,messages,segments,cost,currency`, one row per team."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in report["data"]:
+        writer.writerow([row[c] for c in CSV_COLUMNS])
+    return out.getvalue()
