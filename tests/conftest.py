@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.clock import Clock, utcnow
 from gateway.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -161,10 +162,12 @@ def make_client(
 ) -> ClientFactory:
     """Start the gateway (create_app) with the settings, optionally changed."""
 
-    async def start(**changes: Any) -> TestClient[web.Request, web.Application]:
+    async def start(
+        clock: Clock = utcnow, **changes: Any
+    ) -> TestClient[web.Request, web.Application]:
         the_settings = replace(settings, **changes) if changes else settings
         the_settings.validate()
-        return await aiohttp_client(create_app(the_settings))
+        return await aiohttp_client(create_app(the_settings, clock=clock))
 
     return start
 
@@ -200,3 +203,30 @@ async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code, body
     assert body["title"] and body["detail"] and body["type"]
     return body
+
+
+def ledger_mismatches(database: str) -> list[str]:
+    """Where the usage counters differ from the sum of the messages' charges (empty = exact)."""
+    import sqlite3
+
+    with sqlite3.connect(database) as conn:
+        counters = {
+            (team, period): (messages, segments, cost)
+            for team, period, messages, segments, cost in conn.execute(
+                "SELECT team_id, period, messages, segments, cost FROM usage"
+            )
+            if (messages, segments, cost) != (0, 0, 0)
+        }
+        sums: dict[tuple[str, str], tuple[int, int, int]] = {}
+        for column in ("day", "month"):
+            for team, period, messages, segments, cost in conn.execute(
+                f"SELECT team_id, {column}, SUM(charged_segments > 0 OR cost > 0),"  # noqa: S608
+                " SUM(charged_segments), SUM(cost) FROM messages GROUP BY team_id, 2"
+            ):
+                if (messages, segments, cost) != (0, 0, 0):
+                    sums[(team, period)] = (messages, segments, cost)
+    return [
+        f"{key}: counters {counters.get(key)} != messages {sums.get(key)}"
+        for key in sorted(set(counters) | set(sums))
+        if counters.get(key) != sums.get(key)
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import subprocess
@@ -158,6 +160,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         ("team", "disable", "--help"),
         ("team", "rotate-secret", "--help"),
         ("token", "issue", "--help"),
+        ("usage", "--help"),
     ):
         assert "usage: sms-gateway" in run(tmp_path, *args).stdout
 
@@ -195,7 +198,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
         await proc.wait()
 
 
-async def test_sandbox_send_and_look_up(sandbox: tuple[str, str]) -> None:
+async def test_sandbox_send_and_look_up(sandbox: tuple[str, str], tmp_path: Path) -> None:
     url, token = sandbox
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -217,3 +220,17 @@ async def test_sandbox_send_and_look_up(sandbox: tuple[str, str]) -> None:
             assert (await resp.json())["to"] == "250788123456"
         async with http.get(f"{url}/healthz") as resp:
             assert resp.status == 200
+    # The CLI reads the same database while the server runs.
+    month = body["messages"][0]["created_at"][:7]
+    report = await asyncio.to_thread(run, tmp_path, "usage", "--month", month, "--csv")
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert rows == [
+        {"team": "sandbox", "messages": "2", "segments": "2", "cost": "150", "currency": "RWF"}
+    ]
+    table = (await asyncio.to_thread(run, tmp_path, "usage", "--month", month)).stdout
+    assert "sandbox" in table and "150" in table
+
+
+def test_usage_rejects_a_bad_month(tmp_path: Path) -> None:
+    result = run(tmp_path, "usage", "--month", "2026-13", ok=False)
+    assert result.returncode == 2 and "month must look like" in result.stderr
