@@ -16,7 +16,7 @@ from .auth import Authenticator
 from .clock import Clock, iso, utcnow
 from .dlrtoken import DlrTokens
 from .errors import problem_middleware
-from .keys import AUTH, CLOCK, HTTP, OPENAPI, SEND, SETTINGS, STORE, TIMEZONE
+from .keys import AUTH, CLOCK, HTTP, OPENAPI, SEND, SETTINGS, STORE, TIMEZONE, WORKER
 from .provider import ProviderClient
 from .routes import setup_routes
 from .sandbox import Simulator
@@ -24,6 +24,7 @@ from .sending import IDEMPOTENCY_TTL, SendContext, recover_interrupted
 from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
+from .webhooks import WebhookWorker
 
 log = logging.getLogger("gateway")
 
@@ -78,6 +79,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         password=settings.provider_password or "",
         timeout=settings.provider_timeout,
     )
+    webhook_http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=50), headers={"User-Agent": "sms-gateway-webhooks"}
+    )
+    worker = WebhookWorker(store, webhook_http, settings.webhook_retry_schedule, app[CLOCK])
+    app[WORKER] = worker
     app[SEND] = SendContext(
         settings=settings,
         store=store,
@@ -85,7 +91,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         tokens=DlrTokens(await store.secret("dlr_token_key")),
         clock=app[CLOCK],
         tz=app[TIMEZONE],
+        webhooks_queued=worker.wake,
     )
+    worker.start()
     housekeeping = asyncio.get_running_loop().create_task(_housekeeping(app))
     try:
         yield
@@ -93,6 +101,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
+        await worker.stop()
+        await webhook_http.close()
         if simulator is not None:
             await simulator.stop()
         await http.close()

@@ -12,6 +12,7 @@ from .clock import Clock
 from .sending import SendContext
 from .settings import Settings
 from .store import Store
+from .webhooks import WebhookWorker
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
@@ -21,3 +22,4 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 AUTH = web.AppKey("auth", Authenticator)
 SEND = web.AppKey("send", SendContext)
 OPENAPI = web.AppKey("openapi", bytes)
+WORKER = web.AppKey("worker", WebhookWorker)

@@ -30,3 +30,5 @@ def configure(level: str = "INFO") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # aiosqlite logs every statement with its parameters at DEBUG (webhook secrets among them).
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)

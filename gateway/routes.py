@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, messages, ops, usage
+from .handlers import admin, dlr, messages, ops, usage, webhooks
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,5 +19,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/admin/teams/{id}", admin.get_team, allow_head=False)
     app.router.add_patch("/admin/teams/{id}", admin.update_team)
     app.router.add_post("/admin/teams/{id}/webhook-secret", admin.rotate_webhook_secret)
+    app.router.add_get("/admin/webhooks", webhooks.list_hooks, allow_head=False)
+    app.router.add_post("/admin/webhooks/{id}/retry", webhooks.retry_hook)
+    app.router.add_get("/admin/dlr-reports", webhooks.list_dlr_reports, allow_head=False)
+    app.router.add_get("/dlr/{token}", dlr.receive, allow_head=False)
+    app.router.add_post("/dlr/{token}", dlr.receive)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)
     app.router.add_get("/openapi.yaml", ops.openapi, allow_head=False)

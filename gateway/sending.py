@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,6 +105,7 @@ class SendContext:
     tokens: DlrTokens
     clock: Clock
     tz: ZoneInfo
+    webhooks_queued: Callable[[], None] = lambda: None
 
 
 def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
@@ -385,7 +386,10 @@ async def _deliver(
         for chunk, result in zip(chunks, results, strict=True)
         for message in chunk
     ]
-    await store_messages.settle(ctx.store, batch, outcomes)
+    await store_messages.settle(
+        ctx.store, batch, outcomes, webhook_delay=settings.webhook_retry_schedule[0]
+    )
+    ctx.webhooks_queued()
     stored = await store_messages.get_batch(ctx.store, team_id, batch.batch_id)
     log.info(
         "batch %s for team %s: %d recipients in %d provider call(s): %s",

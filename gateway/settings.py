@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 PREFIX = "GATEWAY_"
 DEFAULT_PROVIDER_URL = "https://bulksms.schooldream.co.rw/api/v2/sms/send"
-DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+DEFAULT_RETRY_SCHEDULE = (0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 SUPPORTED_ALGORITHMS = frozenset(
     {
         "HS256",
@@ -61,7 +61,7 @@ class Settings:
     jwt_audience: str | None = "sms-gateway"
     timezone: str = "Africa/Kigali"
     price_per_segment: int = 75
-    webhook_retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     sandbox: bool = False
     default_region: str = "RW"
     allowed_regions: tuple[str, ...] = ("RW",)
@@ -230,7 +230,7 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "default_region":
             out[key] = str(value).upper()
         elif key == "webhook_retry_schedule":
-            out[key] = tuple(_as_number(key, v, int) for v in _as_list(value))
+            out[key] = tuple(_as_number(key, v, float) for v in _as_list(value))
         elif key == "jwt_public_key":
             out[key] = _read_pem(str(value)) if value else None
         elif key in (

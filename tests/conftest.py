@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -18,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.clock import Clock, utcnow
+from gateway.logs import AccessLogger
 from gateway.settings import Settings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -76,6 +80,30 @@ class FakeProvider:
     url: str = ""
     next_id: int = 1000
     error_for: str | None = None  # a call carrying this recipient is refused whole
+    dlr: str = "none"  # none | after (report once answered) | before (report before answering)
+    dlr_username: str = USERNAME
+    dlr_password: str = PASSWORD
+    reports: list[int] = field(default_factory=list)  # HTTP status the gateway gave each report
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def report(self, dlrurl: str, recipient: str, message_id: str) -> int:
+        """Call the DLR URL as the provider does (GET, query parameters appended)."""
+        params = {
+            "dnis": recipient,
+            "username": self.dlr_username,
+            "password": self.dlr_password,
+            "command": "deliver",
+            "dlvrMsgId": message_id,
+            "dlvrMsgStat": "U" if recipient.endswith("99") else "D",
+        }
+        async with aiohttp.ClientSession() as http, http.get(dlrurl, params=params) as resp:
+            self.reports.append(resp.status)
+            return resp.status
+
+    async def settle_reports(self) -> None:
+        """Wait for the reports sent in the background."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -116,6 +144,19 @@ class FakeProvider:
             )
         if self.mode == "partial":
             answers = answers[:-1]
+        sent = [
+            (str(a["recipient"]), str(a["messageid"])) for a in answers if a["status"] == "sent"
+        ]
+        if self.dlr == "before" and form.get("dlrurl"):
+            for recipient, message_id in sent:
+                await self.report(form["dlrurl"], recipient, message_id)
+        elif self.dlr == "after" and form.get("dlrurl"):
+            for recipient, message_id in sent:
+                task = asyncio.get_running_loop().create_task(
+                    self._later(form["dlrurl"], recipient, message_id)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         return web.json_response(
             {
                 "status": "success",
@@ -125,6 +166,78 @@ class FakeProvider:
                 "response": answers,
             }
         )
+
+    async def _later(self, dlrurl: str, recipient: str, message_id: str) -> None:
+        await asyncio.sleep(0.05)
+        await self.report(dlrurl, recipient, message_id)
+
+
+@dataclass
+class Receiver:
+    """A team's webhook endpoint: records every delivery; fails while `failures` is above 0."""
+
+    url: str = ""
+    failures: int = 0
+    status_when_failing: int = 500
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        if self.failures > 0:
+            self.failures -= 1
+            return web.Response(status=self.status_when_failing, text="not now")
+        return web.Response(status=204)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` deliveries have arrived."""
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A running webhook receiver."""
+    state = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", state.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    state.url = str(server.make_url("/hooks"))
+    yield state
+    await server.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    env: dict[str, str], port: int, stderr: IO[bytes] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`sms-gateway serve` as a real process, yielded once /healthz answers."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=stderr or asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.fixture
@@ -137,6 +250,7 @@ async def provider() -> AsyncIterator[FakeProvider]:
     await server.start_server()
     fake.url = str(server.make_url("/api/v2/sms/send"))
     yield fake
+    await fake.settle_reports()
     await server.close()
 
 
@@ -165,9 +279,14 @@ def make_client(
     async def start(
         clock: Clock = utcnow, **changes: Any
     ) -> TestClient[web.Request, web.Application]:
-        the_settings = replace(settings, **changes) if changes else settings
+        # A known port, so DLR URLs built on the public URL reach this very server.
+        port = free_port()
+        changes.setdefault("public_url", f"http://127.0.0.1:{port}")
+        the_settings = replace(settings, **changes)
         the_settings.validate()
-        return await aiohttp_client(create_app(the_settings, clock=clock))
+        server = TestServer(create_app(the_settings, clock=clock), port=port)
+        await server.start_server(access_log_class=AccessLogger)  # as `sms-gateway serve` does
+        return await aiohttp_client(server)
 
     return start
 

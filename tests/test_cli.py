@@ -17,8 +17,11 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from standardwebhooks.webhooks import Webhook
 
-from .conftest import JWT_SECRET, free_port
+from gateway.settings import SANDBOX_CREDENTIALS
+
+from .conftest import JWT_SECRET, Receiver, free_port
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -166,8 +169,8 @@ def test_every_command_has_help(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
-    """`sms-gateway serve --sandbox` as a real process; yields its URL and printed token."""
+async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """`sms-gateway serve --sandbox` as a real process; yields its URL and printed tokens."""
     port = free_port()
     env = env_for(tmp_path, GATEWAY_PORT=str(port), GATEWAY_SANDBOX_DLR_DELAY="0.1")
     del env["GATEWAY_JWT_SECRET"]  # the sandbox makes its own key and prints a token
@@ -182,7 +185,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    token = ""
+    token = admin = ""
     try:
         async with asyncio.timeout(30):
             while True:
@@ -190,18 +193,32 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
                 assert line, "the sandbox exited before printing a token"
                 if line.strip().startswith("token:"):
                     token = line.split()[1]
+                if line.strip().startswith("admin token:"):
+                    admin = line.split()[2]
                 if "Running on" in line:
                     break
-        yield f"http://127.0.0.1:{port}", token
+        yield f"http://127.0.0.1:{port}", token, admin
     finally:
         proc.terminate()
         await proc.wait()
+        assert proc.stderr is not None
+        logged = (await proc.stderr.read()).decode()
+        assert "/dlr/" in logged and SANDBOX_CREDENTIALS[2] not in logged
 
 
-async def test_sandbox_send_and_look_up(sandbox: tuple[str, str], tmp_path: Path) -> None:
-    url, token = sandbox
+async def test_sandbox_send_deliver_and_look_up(
+    sandbox: tuple[str, str, str], tmp_path: Path, receiver: Receiver
+) -> None:
+    url, token, admin_token = sandbox
     headers = {"Authorization": f"Bearer {token}"}
+    admin = {"Authorization": f"Bearer {admin_token}"}
     async with aiohttp.ClientSession() as http:
+        async with http.patch(
+            f"{url}/admin/teams/sandbox", headers=admin, json={"callback_url": receiver.url}
+        ) as resp:
+            assert resp.status == 200
+        async with http.post(f"{url}/admin/teams/sandbox/webhook-secret", headers=admin) as resp:
+            secret = (await resp.json())["webhook_secret"]
         async with http.post(
             f"{url}/messages",
             headers=headers,
@@ -214,10 +231,21 @@ async def test_sandbox_send_and_look_up(sandbox: tuple[str, str], tmp_path: Path
             assert resp.status == 201, body
         assert [m["status"] for m in body["messages"]] == ["sent", "failed", "sent"]
         assert [m["cost"] for m in body["messages"]] == [75, 0, 75]
-        await asyncio.sleep(0.5)  # the simulator's DLR callbacks (404 until DLR intake exists)
+        await receiver.wait_for(3)  # failed at once; delivered and undelivered from the DLRs
+        events = {}
+        for delivery_headers, delivery in receiver.received:
+            payload = Webhook(secret).verify(delivery, delivery_headers)
+            events[payload["data"]["to"]] = payload["type"]
+        assert events == {
+            "250788123456": "message.delivered",
+            "250788123413": "message.failed",
+            "250788123499": "message.undelivered",
+        }
         async with http.get(f"{url}/messages/{body['messages'][0]['id']}", headers=headers) as resp:
             assert resp.status == 200
-            assert (await resp.json())["to"] == "250788123456"
+            stored = await resp.json()
+        assert stored["status"] == "delivered"
+        assert [e["status"] for e in stored["events"]] == ["sending", "sent", "delivered"]
         async with http.get(f"{url}/healthz") as resp:
             assert resp.status == 200
     # The CLI reads the same database while the server runs.

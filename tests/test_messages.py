@@ -56,7 +56,7 @@ async def test_send_reaches_provider_with_exact_form_fields(
         "message": "Your code is 4821",
         "sender": "ACME",
     }
-    assert dlrurl.startswith("http://gateway.test:8080/dlr/" + body["batch_id"] + ".")
+    assert dlrurl.startswith(str(client.make_url("/dlr/" + body["batch_id"] + ".")))
     assert [m["to"] for m in body["messages"]] == ["250788123456", "250788123457"]
     assert body["total_cost"] == 150 and body["currency"] == "RWF"
     for message in body["messages"]:

@@ -6,43 +6,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .conftest import JWT_SECRET, free_port, ledger_mismatches, mint
-
-
-@contextlib.asynccontextmanager
-async def gateway_process(
-    env: dict[str, str], port: int
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+from .conftest import JWT_SECRET, free_port, gateway_process, ledger_mismatches, mint
 
 
 async def test_killed_mid_send_then_restarted(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 import aiosqlite
 
 from .. import quota
+from . import outbox
 from .db import Store, execute, executemany
+from .rows import resource
 
 FINAL_STATUSES = frozenset({"failed", "delivered", "undelivered"})
 
@@ -199,8 +201,14 @@ async def reserve(
     return None
 
 
-async def settle(store: Store, batch: Batch, outcomes: Sequence[Outcome]) -> None:
-    """Apply the provider's outcomes and move the counters by the difference to the reservation."""
+async def settle(
+    store: Store, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float = 0.0
+) -> None:
+    """Apply the provider's outcomes and move the counters by the difference to the reservation.
+
+    In the same transaction: webhooks for the messages that failed are queued, and delivery
+    reports that arrived before this answer was stored are applied.
+    """
     reserved = {m.id: m for m in batch.messages}
     deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for o in outcomes:
@@ -243,6 +251,20 @@ async def settle(store: Store, batch: Batch, outcomes: Sequence[Outcome]) -> Non
             conn,
             [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
         )
+        failed = [o.message_id for o in outcomes if o.status == "failed"]
+        if failed:
+            at = outcomes[0].at
+            for start in range(0, len(failed), 500):
+                chunk = failed[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                async with conn.execute(
+                    f"SELECT * FROM messages WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                ) as cur:
+                    rows = list(await cur.fetchall())
+                await outbox.enqueue_webhooks(conn, rows, at, webhook_delay)
+        if any(o.status in ("sent", "unknown") for o in outcomes):
+            await outbox.apply_pending_reports(conn, batch.batch_id, outcomes[0].at, webhook_delay)
 
 
 async def remember_answer(
@@ -285,32 +307,6 @@ async def mark_stranded_unknown(store: Store, at: str) -> int:
             " WHERE status = 'sending'",
             (at,),
         )
-
-
-def resource(row: aiosqlite.Row) -> dict[str, Any]:
-    """The API's message object from a row."""
-    error = None
-    if row["error_code"]:
-        error = {"code": row["error_code"], "detail": row["error_detail"]}
-    return {
-        "id": row["id"],
-        "batch_id": row["batch_id"],
-        "to": row["recipient"],
-        "text": row["text"],
-        "sender": row["sender"],
-        "reference": row["reference"],
-        "status": row["status"],
-        "segments": row["segments"],
-        "encoding": row["encoding"],
-        "cost": row["cost"],
-        "currency": "RWF",
-        "provider_message_id": row["provider_message_id"],
-        "error": error,
-        "created_at": row["created_at"],
-        "sent_at": row["sent_at"],
-        "completed_at": row["completed_at"],
-        "events": json.loads(row["events"]),
-    }
 
 
 async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,58 @@
+"""GET|POST /dlr/{token}: the provider's delivery reports."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from ..clock import iso
+from ..errors import Forbidden, GatewayError
+from ..keys import CLOCK, SEND, SETTINGS, STORE, WORKER
+from ..store.outbox import Report, receive_report
+
+REQUIRED = ("dnis", "username", "password", "command", "dlvrMsgId", "dlvrMsgStat")
+
+
+class BadReport(GatewayError):
+    status, code, title = 400, "invalid_report", "The delivery report is not valid"
+
+
+def _same(given: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Check the token and the account credentials, then store and apply the report."""
+    app = request.app
+    batch_id = app[SEND].tokens.verify(request.match_info["token"])
+    if batch_id is None:
+        raise Forbidden(
+            "this delivery report URL was not issued by this gateway", code="invalid_dlr_token"
+        )
+    params = {k: v for k, v in request.query.items()}
+    if request.method == "POST":
+        params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+    settings = app[SETTINGS]
+    # Both are checked whatever the first gave, so timing tells nothing about which was wrong.
+    user_ok = _same(params.get("username", ""), settings.provider_username)
+    password_ok = _same(params.get("password", ""), settings.provider_password)
+    if not (user_ok and password_ok):
+        raise Forbidden(
+            "the report's credentials are not the provider account's", code="invalid_credentials"
+        )
+    missing = [name for name in REQUIRED if not params.get(name, "").strip()]
+    if missing:
+        raise BadReport(f"missing {', '.join(missing)}")
+    if params["command"] != "deliver":
+        raise BadReport(f"command {params['command']!r} is not 'deliver'")
+    state = params["dlvrMsgStat"].strip().upper()
+    if state not in ("D", "U"):
+        raise BadReport("dlvrMsgStat must be D (delivered) or U (undelivered)")
+    report = Report(batch_id, params["dlvrMsgId"].strip(), params["dnis"].strip(), state)
+    outcome = await receive_report(
+        app[STORE], report, iso(app[CLOCK]()), app[SETTINGS].webhook_retry_schedule[0]
+    )
+    if outcome == "applied":
+        app[WORKER].wake()
+    return web.Response(text="OK")

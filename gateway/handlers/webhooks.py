@@ -1,0 +1,73 @@
+"""Admin: the webhook outbox and delivery reports no message claimed."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import NotFound, ValidationFailed
+from ..keys import CLOCK, STORE, WORKER
+from ..store.outbox import list_reports, list_webhooks, retry_webhook
+from .common import admin, json_response
+
+WEBHOOK_STATUSES = frozenset({"pending", "delivered", "failed"})
+
+
+def _bad(name: str, reason: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{name}: {reason}",
+        code="invalid_parameter",
+        extra={"errors": [{"field": name, "reason": reason}]},
+    )
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise _bad("limit", "must be an integer from 1 to 200")
+    return int(raw)
+
+
+async def list_hooks(request: web.Request) -> web.Response:
+    """Webhooks, newest first; `status=failed` shows what needs attention."""
+    await admin(request)
+    status = request.query.get("status")
+    if status is not None and status not in WEBHOOK_STATUSES:
+        raise _bad("status", "must be pending, delivered or failed")
+    limit = _limit(request)
+    cursor = request.query.get("cursor")
+    if cursor is not None and not cursor.startswith("whk_"):
+        raise _bad("cursor", "is not a cursor this API returned")
+    rows = await list_webhooks(request.app[STORE], status, limit + 1, cursor)
+    page = rows[:limit]
+    return json_response(
+        {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
+    )
+
+
+async def retry_hook(request: web.Request) -> web.Response:
+    """Queue a webhook again, now, with a fresh retry schedule."""
+    await admin(request)
+    hook = await retry_webhook(request.app[STORE], request.match_info["id"], request.app[CLOCK]())
+    if hook is None:
+        raise NotFound(f"no webhook {request.match_info['id']!r}", code="webhook_not_found")
+    request.app[WORKER].wake()
+    return json_response(hook, status=202)
+
+
+async def list_dlr_reports(request: web.Request) -> web.Response:
+    """Delivery reports, newest first; `status=pending` lists those no message has claimed."""
+    await admin(request)
+    status = request.query.get("status")
+    if status not in (None, "pending"):
+        raise _bad("status", "must be pending (or absent for every report)")
+    limit = _limit(request)
+    cursor = request.query.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise _bad("cursor", "is not a cursor this API returned")
+    rows = await list_reports(
+        request.app[STORE], status == "pending", limit + 1, int(cursor) if cursor else None
+    )
+    page = rows[:limit]
+    return json_response(
+        {"data": page, "next_cursor": str(page[-1]["id"]) if len(rows) > limit else None}
+    )

@@ -1,0 +1,299 @@
+"""Delivery reports and the webhook outbox: applied and queued inside the callers' transactions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import aiosqlite
+
+from ..clock import iso, parse_iso
+from ..ids import ulid
+from .db import Store, execute
+from .rows import resource
+
+FINAL_STATES = {"D": "delivered", "U": "undelivered"}
+WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed"})
+ReportOutcome = Literal["applied", "duplicate", "pending", "ignored"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """One delivery report as the provider sent it, bound to a batch by the DLR token."""
+
+    batch_id: str
+    provider_message_id: str
+    recipient: str
+    state: str  # D | U
+
+
+def _after(at: str, seconds: float) -> str:
+    return iso(parse_iso(at) + timedelta(seconds=seconds))
+
+
+async def enqueue_webhooks(
+    conn: aiosqlite.Connection, rows: Iterable[aiosqlite.Row], at: str, delay: float
+) -> int:
+    """Queue one webhook per message row that reached a webhook state and has a URL to go to."""
+    queued = 0
+    team_urls: dict[str, str | None] = {}
+    for row in rows:
+        if row["status"] not in WEBHOOK_EVENTS:
+            continue
+        team_id = row["team_id"]
+        if team_id not in team_urls:
+            async with conn.execute(
+                "SELECT callback_url FROM teams WHERE id = ?", (team_id,)
+            ) as cur:
+                team = await cur.fetchone()
+            team_urls[team_id] = team["callback_url"] if team else None
+        url = row["callback_url"] or team_urls[team_id]
+        if not url:
+            continue
+        event = f"message.{row['status']}"
+        payload = json.dumps(
+            {"type": event, "timestamp": at, "data": resource(row)},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        await execute(
+            conn,
+            "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (
+                "whk_" + ulid(parse_iso(at)),
+                row["id"],
+                team_id,
+                event,
+                url,
+                payload,
+                _after(at, delay),
+                at,
+            ),
+        )
+        queued += 1
+    return queued
+
+
+async def _apply(
+    conn: aiosqlite.Connection, report: Report, at: str, delay: float
+) -> tuple[ReportOutcome, str | None]:
+    """Move the report's message to its final state and queue its webhook, if it can be."""
+    async with conn.execute(
+        "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
+        (report.batch_id, report.provider_message_id),
+    ) as cur:
+        found = await cur.fetchone()
+    if found is None:
+        return "pending", None  # the send's answer is not stored yet, or never will be
+    if found["status"] not in ("sent", "unknown"):
+        return "ignored", found["id"]
+    status = FINAL_STATES[report.state]
+    await execute(
+        conn,
+        "UPDATE messages SET status = ?, completed_at = ?,"
+        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?)) WHERE id = ?",
+        (status, at, status, at, found["id"]),
+    )
+    async with conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)) as cur:
+        rows = list(await cur.fetchall())
+    await enqueue_webhooks(conn, rows, at, delay)
+    return "applied", found["id"]
+
+
+async def _settle_report(
+    conn: aiosqlite.Connection, report_id: int, outcome: str, message_id: str | None, at: str
+) -> None:
+    await execute(
+        conn,
+        "UPDATE dlr_reports SET outcome = ?, message_id = ?, settled_at = ? WHERE id = ?",
+        (outcome, message_id, at, report_id),
+    )
+
+
+async def receive_report(store: Store, report: Report, at: str, delay: float) -> ReportOutcome:
+    """Store a delivery report and apply it, in one transaction: duplicates change nothing."""
+    async with store.transaction() as conn:
+        async with conn.execute(
+            "INSERT OR IGNORE INTO dlr_reports"
+            " (batch_id, provider_message_id, recipient, state, received_at)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (report.batch_id, report.provider_message_id, report.recipient, report.state, at),
+        ) as cur:
+            inserted = await cur.fetchone()
+        if inserted is None:
+            return "duplicate"
+        outcome, message_id = await _apply(conn, report, at, delay)
+        if outcome != "pending":
+            await _settle_report(conn, inserted[0], outcome, message_id, at)
+        return outcome
+
+
+async def apply_pending_reports(
+    conn: aiosqlite.Connection, batch_id: str, at: str, delay: float
+) -> None:
+    """Apply the reports that arrived before this batch's send answer was stored."""
+    async with conn.execute(
+        "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
+        (batch_id,),
+    ) as cur:
+        waiting = list(await cur.fetchall())
+    for row in waiting:
+        report = Report(row["batch_id"], row["provider_message_id"], row["recipient"], row["state"])
+        outcome, message_id = await _apply(conn, report, at, delay)
+        if outcome != "pending":
+            await _settle_report(conn, row["id"], outcome, message_id, at)
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueWebhook:
+    """A webhook whose next attempt is due, with the team's current signing secret."""
+
+    id: str
+    url: str
+    payload: str
+    attempts: int
+    secret: str
+
+
+async def due_webhooks(
+    store: Store, now: datetime, limit: int, busy: Iterable[str] = ()
+) -> list[DueWebhook]:
+    """Pending webhooks due by `now`, oldest first, leaving out those being delivered."""
+    busy_ids = set(busy)
+    rows = await store.fetchall(
+        "SELECT w.id, w.url, w.payload, w.attempts, t.webhook_secret FROM webhooks w"
+        " JOIN teams t ON t.id = w.team_id"
+        " WHERE w.status = 'pending' AND w.next_attempt_at <= ?"
+        " ORDER BY w.next_attempt_at LIMIT ?",
+        (iso(now), limit + len(busy_ids)),
+    )
+    due = [
+        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["webhook_secret"])
+        for r in rows
+        if r["id"] not in busy_ids
+    ]
+    return due[:limit]
+
+
+async def next_due_at(store: Store) -> datetime | None:
+    """When the earliest pending webhook is due."""
+    row = await store.fetchone(
+        "SELECT MIN(next_attempt_at) AS at FROM webhooks WHERE status = 'pending'"
+    )
+    return parse_iso(row["at"]) if row and row["at"] else None
+
+
+async def record_attempt(
+    store: Store,
+    webhook_id: str,
+    *,
+    at: datetime,
+    delivered: bool,
+    http_status: int | None,
+    error: str | None,
+    retry_in: float | None,
+) -> None:
+    """Record one attempt: delivered, retried after `retry_in` seconds, or failed for good."""
+    if delivered:
+        status, next_at = "delivered", None
+    elif retry_in is not None:
+        status, next_at = "pending", iso(at + timedelta(seconds=retry_in))
+    else:
+        status, next_at = "failed", None
+    async with store.transaction() as conn:
+        await execute(
+            conn,
+            "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+            " last_status = ?, last_error = ?,"
+            " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
+            " WHERE id = ?",
+            (status, next_at, http_status, error, status, iso(at), webhook_id),
+        )
+
+
+def webhook_resource(row: aiosqlite.Row) -> dict[str, Any]:
+    """The admin API's webhook object."""
+    return {
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "team": row["team_id"],
+        "type": row["type"],
+        "url": row["url"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+        "next_attempt_at": row["next_attempt_at"],
+        "created_at": row["created_at"],
+        "delivered_at": row["delivered_at"],
+    }
+
+
+async def list_webhooks(
+    store: Store, status: str | None, limit: int, before_id: str | None
+) -> list[dict[str, Any]]:
+    """Webhooks, newest first, optionally of one status; `limit` rows at most."""
+    clauses, params = ["1 = 1"], []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status)
+    if before_id is not None:
+        clauses.append("id < ?")
+        params.append(before_id)
+    rows = await store.fetchall(
+        f"SELECT * FROM webhooks WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        (*params, limit),
+    )
+    return [webhook_resource(r) for r in rows]
+
+
+async def retry_webhook(store: Store, webhook_id: str, at: datetime) -> dict[str, Any] | None:
+    """Put a webhook back in the queue, due now, with a fresh retry schedule."""
+    async with store.transaction() as conn:
+        changed = await execute(
+            conn,
+            "UPDATE webhooks SET status = 'pending', attempts = 0, next_attempt_at = ?"
+            " WHERE id = ?",
+            (iso(at), webhook_id),
+        )
+    if not changed:
+        return None
+    row = await store.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
+    return webhook_resource(row) if row else None
+
+
+async def list_reports(
+    store: Store, pending_only: bool, limit: int, before: int | None
+) -> list[dict[str, Any]]:
+    """Delivery reports, newest first; `pending_only` gives those no message has claimed."""
+    clauses, params = ["1 = 1"], []
+    if pending_only:
+        clauses.append("outcome IS NULL")
+    if before is not None:
+        clauses.append("id < ?")
+        params.append(before)
+    rows = await store.fetchall(
+        f"SELECT * FROM dlr_reports WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        (*params, limit),
+    )
+    return [
+        {
+            "id": r["id"],
+            "batch_id": r["batch_id"],
+            "provider_message_id": r["provider_message_id"],
+            "recipient": r["recipient"],
+            "state": r["state"],
+            "status": FINAL_STATES[r["state"]],
+            "outcome": r["outcome"] or "pending",
+            "message_id": r["message_id"],
+            "received_at": r["received_at"],
+        }
+        for r in rows
+    ]

@@ -1,0 +1,165 @@
+"""Standard Webhooks signing, and the worker that delivers the outbox to the teams."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Sequence
+
+import aiohttp
+
+from .clock import Clock
+from .store import Store
+from .store.outbox import DueWebhook, due_webhooks, next_due_at, record_attempt
+
+log = logging.getLogger("gateway.webhooks")
+
+ATTEMPT_TIMEOUT = 15.0
+IDLE_POLL = 5.0
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key inside a `whsec_` secret."""
+    encoded = secret.removeprefix("whsec_")
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, per the Standard Webhooks spec."""
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, webhook_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """The headers of one delivery attempt."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "sms-gateway-webhooks",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+    }
+
+
+class WebhookWorker:
+    """Delivers due webhooks with bounded concurrency; retries on the configured schedule."""
+
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        schedule: Sequence[float],
+        clock: Clock,
+        *,
+        concurrency: int = 16,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._schedule = tuple(schedule)
+        self._clock = clock
+        self._concurrency = concurrency
+        self._wake = asyncio.Event()
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Look at the queue now (something was queued)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run the delivery loop in the background."""
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking work, give attempts in flight `grace` seconds, then cancel the rest.
+
+        An attempt cut short is not recorded, so it is made again after the next start.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            await self._runner
+        if self._busy:
+            _, pending = await asyncio.wait(list(self._busy.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._dispatch()
+                timeout = await self._idle_time()
+            except Exception:  # a locked or busy database must not end delivery
+                log.exception("webhook worker: could not read the queue")
+                timeout = IDLE_POLL
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _dispatch(self) -> None:
+        free = self._concurrency - len(self._busy)
+        if free <= 0:
+            return
+        for hook in await due_webhooks(self._store, self._clock(), free, self._busy):
+            task = asyncio.get_running_loop().create_task(self._attempt(hook))
+            self._busy[hook.id] = task
+            task.add_done_callback(functools.partial(self._done, hook.id))
+
+    def _done(self, hook_id: str, _task: asyncio.Task[None]) -> None:
+        self._busy.pop(hook_id, None)
+        self._wake.set()
+
+    async def _idle_time(self) -> float:
+        due = await next_due_at(self._store)
+        if due is None:
+            return IDLE_POLL
+        return min(max((due - self._clock()).total_seconds(), 0.01), IDLE_POLL)
+
+    async def _attempt(self, hook: DueWebhook) -> None:
+        body = hook.payload.encode()
+        headers = signed_headers(hook.secret, hook.id, body, int(time.time()))
+        http_status: int | None = None
+        error: str | None = None
+        try:
+            async with self._session.post(
+                hook.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT),
+            ) as resp:
+                http_status = resp.status
+                await resp.content.read(64 * 1024)  # drain a little; the body is not used
+            if not 200 <= http_status < 300:
+                error = f"the receiver answered HTTP {http_status}"
+        except TimeoutError:
+            error = f"no answer within {ATTEMPT_TIMEOUT:g} s"
+        except aiohttp.ClientError as exc:
+            error = f"could not reach the receiver: {type(exc).__name__}"
+        except ValueError as exc:  # an URL aiohttp cannot use
+            error = f"unusable URL: {exc}"
+        attempt = hook.attempts + 1
+        retry_in = self._schedule[attempt] if attempt < len(self._schedule) else None
+        delivered = error is None
+        if not delivered:
+            log.info("webhook %s attempt %d failed: %s", hook.id, attempt, error)
+        await record_attempt(
+            self._store,
+            hook.id,
+            at=self._clock(),
+            delivered=delivered,
+            http_status=http_status,
+            error=error,
+            retry_in=None if delivered else retry_in,
+        )
