@@ -16,8 +16,23 @@ from .auth import Authenticator
 from .clock import Clock, iso, utcnow
 from .dlrtoken import DlrTokens
 from .errors import problem_middleware
-from .keys import AUTH, CLOCK, HTTP, OPENAPI, SEND, SETTINGS, STORE, TIMEZONE, WORKER
+from .keys import (
+    AUTH,
+    CLOCK,
+    HTTP,
+    METRICS,
+    OPENAPI,
+    RATES,
+    SEND,
+    SETTINGS,
+    STORE,
+    TIMEZONE,
+    WORKER,
+)
+from .logs import request_id_middleware
+from .metrics import Metrics, metrics_middleware
 from .provider import ProviderClient
+from .ratelimit import RateLimiter
 from .routes import setup_routes
 from .sandbox import Simulator
 from .sending import IDEMPOTENCY_TTL, SendContext, recover_interrupted
@@ -33,7 +48,13 @@ MAX_BODY_BYTES = 256 * 1024
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     """Build the gateway application; resources open when it starts and close when it stops."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware(metrics), problem_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[METRICS] = metrics
+    app[RATES] = RateLimiter()
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TIMEZONE] = ZoneInfo(settings.timezone)
@@ -78,11 +99,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         username=settings.provider_username or "",
         password=settings.provider_password or "",
         timeout=settings.provider_timeout,
+        metrics=app[METRICS],
     )
     webhook_http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=50), headers={"User-Agent": "sms-gateway-webhooks"}
     )
-    worker = WebhookWorker(store, webhook_http, settings.webhook_retry_schedule, app[CLOCK])
+    worker = WebhookWorker(
+        store, webhook_http, settings.webhook_retry_schedule, app[CLOCK], metrics=app[METRICS]
+    )
     app[WORKER] = worker
     app[SEND] = SendContext(
         settings=settings,
@@ -92,6 +116,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         tz=app[TIMEZONE],
         webhooks_queued=worker.wake,
+        metrics=app[METRICS],
     )
     worker.start()
     housekeeping = asyncio.get_running_loop().create_task(_housekeeping(app))

@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .logs import AccessLogger
 
     settings = load_settings(args, serving=True)
-    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), secrets=settings.secrets)
     try:
         app = create_app(settings)
     except ConfigError as exc:

@@ -76,6 +76,14 @@ class QuotaExceeded(GatewayError):
     status, code, title = 429, "quota_exceeded", "Quota exceeded"
 
 
+class RateLimited(GatewayError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+class NotReady(GatewayError):
+    status, code, title = 503, "not_ready", "Not ready"
+
+
 class ProviderError(GatewayError):
     status, code, title = 502, "provider_error", "The provider refused the send"
 

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from .auth import Authenticator
 from .clock import Clock
+from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .sending import SendContext
 from .settings import Settings
 from .store import Store
@@ -23,3 +25,5 @@ AUTH = web.AppKey("auth", Authenticator)
 SEND = web.AppKey("send", SendContext)
 OPENAPI = web.AppKey("openapi", bytes)
 WORKER = web.AppKey("worker", WebhookWorker)
+METRICS = web.AppKey("metrics", Metrics)
+RATES = web.AppKey("rates", RateLimiter)

@@ -1,19 +1,91 @@
-"""Logging set-up and an access log that never writes query strings (they can carry secrets)."""
+"""Structured logs: one JSON object a line, a request id on every line, secrets redacted."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+REQUEST_ID_HEADER = "X-Request-ID"
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+# Shapes of secrets that may show up whatever their value: JWTs, webhook secrets, credentials
+# in query strings or form bodies, bearer headers.
+_PATTERNS = (
+    re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
+    re.compile(r"(?i)((?:password|api_key|apikey|secret|token)=)[^&\s\"']+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+)
+REDACTED = "[REDACTED]"
+
+
+class Redactor(logging.Filter):
+    """Rewrites each record's message with every known secret and secret shape removed."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` without secrets."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the message (arguments merged) and any exception text."""
+        record.msg = self.redact(record.getMessage())
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as JSON, with the request id when there is one."""
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id.get()
+        if rid:
+            entry["request_id"] = rid
+        for key in ("method", "path", "status", "duration_ms", "bytes"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path without query, status, size, duration."""
+    """One line per request: method, path without query string, status, size, duration."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        """Write the access line."""
+        """Write the access line (the query string can carry the provider's password)."""
         self.logger.info(
             "%s %s %s %s %.1fms",
             request.method,
@@ -21,14 +93,43 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+                "bytes": response.body_length,
+                "request_id": response.headers.get(REQUEST_ID_HEADER),
+            },
         )
 
 
-def configure(level: str = "INFO") -> None:
-    """Plain one-line log records on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the caller's X-Request-ID (or make one), log under it, echo it back."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    token = request_id.set(rid)
+    try:
+        response = await handler(request)
+    finally:
+        request_id.reset(token)
+    response.headers[REQUEST_ID_HEADER] = rid
+    return response
+
+
+def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: object = None) -> None:
+    """JSON lines on stderr through the redaction filter."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(Redactor(secrets))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # aiosqlite logs every statement with its parameters at DEBUG (webhook secrets among them).
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 
 import aiohttp
+
+from .metrics import Metrics
 
 log = logging.getLogger("gateway.provider")
 
@@ -53,7 +56,9 @@ class ProviderClient:
         username: str,
         password: str,
         timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._session = session
         self._url = url
         self._credentials = {"api_key": api_key, "username": username, "password": password}
@@ -63,6 +68,17 @@ class ProviderClient:
         self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None
     ) -> SendResult:
         """Send one call; never raises for provider or network trouble, it reports it."""
+        started = time.perf_counter()
+        result = await self._send(recipients, message, sender=sender, dlrurl=dlrurl)
+        if self._metrics is not None:
+            self._metrics.provider_latency.observe(time.perf_counter() - started)
+            if result.failure is not None:
+                self._metrics.provider_errors.labels(result.failure).inc()
+        return result
+
+    async def _send(
+        self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None
+    ) -> SendResult:
         form = {**self._credentials, "recipients": ",".join(recipients), "message": message}
         if sender:
             form["sender"] = sender

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, dlr, messages, ops, usage, webhooks
+from .handlers import admin, compat, dlr, messages, ops, usage, webhooks
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,6 +12,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/messages", messages.create_message)
     app.router.add_get("/messages", messages.list_messages, allow_head=False)
     app.router.add_get("/messages/{id}", messages.get_message, allow_head=False)
+    app.router.add_post("/api/v2/sms/send", compat.send_compat)
     app.router.add_get("/usage", usage.get_usage, allow_head=False)
     app.router.add_get("/admin/usage", usage.get_billing, allow_head=False)
     app.router.add_post("/admin/teams", admin.create_team)
@@ -25,4 +26,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/dlr/{token}", dlr.receive, allow_head=False)
     app.router.add_post("/dlr/{token}", dlr.receive)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)
+    app.router.add_get("/readyz", ops.readyz, allow_head=False)
+    app.router.add_get("/metrics", ops.metrics, allow_head=False)
     app.router.add_get("/openapi.yaml", ops.openapi, allow_head=False)

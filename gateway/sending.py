@@ -8,8 +8,9 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from .errors import (
     problem_body,
 )
 from .ids import ulid
+from .metrics import Metrics
 from .provider import ProviderClient, SendResult
 from .settings import Settings
 from .store import messages as store_messages
@@ -106,6 +108,7 @@ class SendContext:
     clock: Clock
     tz: ZoneInfo
     webhooks_queued: Callable[[], None] = lambda: None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
@@ -260,6 +263,7 @@ async def send(
     *,
     idempotency_key: str | None = None,
     body_hash: str = "",
+    client_dlr: str | None = None,
 ) -> Answer:
     """Reserve, call the provider in batches, settle, and return the 201 answer.
 
@@ -273,11 +277,12 @@ async def send(
         claim = store_messages.IdempotencyClaim(
             idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL)
         )
-    batch = _new_batch(ctx, team_id, request, now)
+    batch = _new_batch(ctx, team_id, request, now, client_dlr)
     reserved = await store_messages.reserve(ctx.store, batch, claim)
     if isinstance(reserved, store_messages.PriorAnswer):
         return _replay(reserved, body_hash)
     if reserved is not None:
+        ctx.metrics.quota_rejections.labels(team_id, reserved.quota).inc()
         raise _quota_error(reserved, now, ctx.tz)
     try:
         answer = Answer(201, dumps(await _deliver(ctx, batch, request)))
@@ -334,7 +339,7 @@ def _quota_error(refusal: quota.Refusal, now: datetime, tz: ZoneInfo) -> QuotaEx
 
 
 def _new_batch(
-    ctx: SendContext, team_id: str, request: SendRequest, now: datetime
+    ctx: SendContext, team_id: str, request: SendRequest, now: datetime, client_dlr: str | None
 ) -> store_messages.Batch:
     """The batch to store: one message per recipient, each reserving the estimated cost."""
     day, month = periods(now, ctx.tz)
@@ -356,6 +361,7 @@ def _new_batch(
             )
             for r in request.recipients
         ],
+        client_dlr=client_dlr,
     )
 
 
@@ -390,6 +396,8 @@ async def _deliver(
         ctx.store, batch, outcomes, webhook_delay=settings.webhook_retry_schedule[0]
     )
     ctx.webhooks_queued()
+    for status, count in Counter(o.status for o in outcomes).items():
+        ctx.metrics.messages.labels(status).inc(count)
     stored = await store_messages.get_batch(ctx.store, team_id, batch.batch_id)
     log.info(
         "batch %s for team %s: %d recipients in %d provider call(s): %s",

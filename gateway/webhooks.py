@@ -8,13 +8,17 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .clock import Clock
+from .metrics import Metrics
 from .store import Store
 from .store.outbox import DueWebhook, due_webhooks, next_due_at, record_attempt
 
@@ -59,7 +63,9 @@ class WebhookWorker:
         clock: Clock,
         *,
         concurrency: int = 16,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._session = session
         self._schedule = tuple(schedule)
@@ -126,19 +132,22 @@ class WebhookWorker:
             return IDLE_POLL
         return min(max((due - self._clock()).total_seconds(), 0.01), IDLE_POLL)
 
-    async def _attempt(self, hook: DueWebhook) -> None:
+    def _request(self, hook: DueWebhook) -> Any:
+        timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT)
+        if hook.kind == "dlr":  # the provider's own DLR format, for drop-in clients
+            url = URL(hook.url).extend_query(json.loads(hook.payload))
+            return self._session.get(url, allow_redirects=False, timeout=timeout)
         body = hook.payload.encode()
         headers = signed_headers(hook.secret, hook.id, body, int(time.time()))
+        return self._session.post(
+            hook.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+        )
+
+    async def _attempt(self, hook: DueWebhook) -> None:
         http_status: int | None = None
         error: str | None = None
         try:
-            async with self._session.post(
-                hook.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT),
-            ) as resp:
+            async with self._request(hook) as resp:
                 http_status = resp.status
                 await resp.content.read(64 * 1024)  # drain a little; the body is not used
             if not 200 <= http_status < 300:
@@ -152,6 +161,9 @@ class WebhookWorker:
         attempt = hook.attempts + 1
         retry_in = self._schedule[attempt] if attempt < len(self._schedule) else None
         delivered = error is None
+        if self._metrics is not None:
+            result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")
+            self._metrics.webhook_attempts.labels(result).inc()
         if not delivered:
             log.info("webhook %s attempt %d failed: %s", hook.id, attempt, error)
         await record_attempt(

@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import Principal, bearer_token, require_scope
-from ..errors import Forbidden, InvalidJSON
-from ..keys import AUTH, STORE
+from ..errors import Forbidden, InvalidJSON, RateLimited
+from ..keys import AUTH, METRICS, RATES, STORE
+from ..ratelimit import retry_after
 from ..store.teams import Team, find_team
 
 
@@ -36,14 +37,14 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 
 
-async def principal(request: web.Request) -> Principal:
-    """The verified caller (401 otherwise)."""
-    return await request.app[AUTH].verify(bearer_token(request))
+async def principal(request: web.Request, token: str | None = None) -> Principal:
+    """The verified caller, from `token` or the Authorization header (401 otherwise)."""
+    return await request.app[AUTH].verify(token or bearer_token(request))
 
 
-async def team_for(request: web.Request, scope: str | None) -> Team:
+async def team_for(request: web.Request, scope: str | None, token: str | None = None) -> Team:
     """The calling team, active, holding `scope` if one is named (401/403 otherwise)."""
-    caller = await principal(request)
+    caller = await principal(request, token)
     team = await find_team(request.app[STORE], caller.subject)
     if team is None:
         raise Forbidden(
@@ -53,6 +54,13 @@ async def team_for(request: web.Request, scope: str | None) -> Team:
         raise Forbidden(f"team {caller.subject!r} is disabled", code="team_disabled")
     if scope is not None:
         require_scope(caller, scope)
+    wait = request.app[RATES].take(team.id, team.rate_limit_per_second)
+    if wait:
+        request.app[METRICS].rate_limited.labels(team.id).inc()
+        raise RateLimited(
+            f"team {team.id!r} may make {team.rate_limit_per_second:g} requests a second",
+            headers={"Retry-After": retry_after(wait)},
+        )
     return team
 
 

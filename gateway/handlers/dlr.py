@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..clock import iso
 from ..errors import Forbidden, GatewayError
-from ..keys import CLOCK, SEND, SETTINGS, STORE, WORKER
+from ..keys import CLOCK, METRICS, SEND, SETTINGS, STORE, WORKER
 from ..store.outbox import Report, receive_report
 
 REQUIRED = ("dnis", "username", "password", "command", "dlvrMsgId", "dlvrMsgStat")
@@ -53,6 +53,9 @@ async def receive(request: web.Request) -> web.Response:
     outcome = await receive_report(
         app[STORE], report, iso(app[CLOCK]()), app[SETTINGS].webhook_retry_schedule[0]
     )
+    status = "delivered" if state == "D" else "undelivered"
+    app[METRICS].dlrs.labels(status, outcome).inc()
     if outcome == "applied":
+        app[METRICS].messages.labels(status).inc()
         app[WORKER].wake()
     return web.Response(text="OK")

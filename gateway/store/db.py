@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosqlite
 
-MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql")
+MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql")
 
 
 class Store:

@@ -43,6 +43,7 @@ class Batch:
     month: str
     created_at: str
     messages: Sequence[NewMessage]
+    client_dlr: str | None = None  # JSON: where a drop-in provider client wants its DLRs
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,8 @@ async def reserve(
             conn,
             "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
             " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-            " created_at, events)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, events, client_dlr)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     m.id,
@@ -194,6 +195,7 @@ async def reserve(
                     batch.month,
                     batch.created_at,
                     events,
+                    batch.client_dlr,
                 )
                 for m in batch.messages
             ],

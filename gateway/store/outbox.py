@@ -101,7 +101,39 @@ async def _apply(
     async with conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)) as cur:
         rows = list(await cur.fetchall())
     await enqueue_webhooks(conn, rows, at, delay)
+    if rows[0]["client_dlr"]:
+        await _enqueue_client_dlr(conn, rows[0], report.state, at, delay)
     return "applied", found["id"]
+
+
+async def _enqueue_client_dlr(
+    conn: aiosqlite.Connection, row: aiosqlite.Row, state: str, at: str, delay: float
+) -> None:
+    """Queue the provider-format GET a drop-in client asked for with its own `dlrurl`."""
+    target = json.loads(row["client_dlr"])
+    params = {
+        "dnis": row["recipient"],
+        "username": target.get("username") or "",
+        "password": target.get("password") or "",
+        "command": "deliver",
+        "dlvrMsgId": row["id"],
+        "dlvrMsgStat": state,
+    }
+    await execute(
+        conn,
+        "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+        " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, 'dlr')",
+        (
+            "whk_" + ulid(parse_iso(at)),
+            row["id"],
+            row["team_id"],
+            f"message.{FINAL_STATES[state]}",
+            target["url"],
+            json.dumps(params),
+            _after(at, delay),
+            at,
+        ),
+    )
 
 
 async def _settle_report(
@@ -160,6 +192,7 @@ class DueWebhook:
     payload: str
     attempts: int
     secret: str
+    kind: str  # webhook (signed POST) | dlr (provider-format GET)
 
 
 async def due_webhooks(
@@ -168,14 +201,14 @@ async def due_webhooks(
     """Pending webhooks due by `now`, oldest first, leaving out those being delivered."""
     busy_ids = set(busy)
     rows = await store.fetchall(
-        "SELECT w.id, w.url, w.payload, w.attempts, t.webhook_secret FROM webhooks w"
+        "SELECT w.id, w.url, w.payload, w.attempts, w.kind, t.webhook_secret FROM webhooks w"
         " JOIN teams t ON t.id = w.team_id"
         " WHERE w.status = 'pending' AND w.next_attempt_at <= ?"
         " ORDER BY w.next_attempt_at LIMIT ?",
         (iso(now), limit + len(busy_ids)),
     )
     due = [
-        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["webhook_secret"])
+        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["webhook_secret"], r["kind"])
         for r in rows
         if r["id"] not in busy_ids
     ]
@@ -224,6 +257,7 @@ def webhook_resource(row: aiosqlite.Row) -> dict[str, Any]:
         "id": row["id"],
         "message_id": row["message_id"],
         "team": row["team_id"],
+        "kind": row["kind"],
         "type": row["type"],
         "url": row["url"],
         "status": row["status"],
@@ -297,3 +331,12 @@ async def list_reports(
         }
         for r in rows
     ]
+
+
+async def webhook_counts(store: Store) -> dict[str, int]:
+    """How many webhooks are pending and failed (for metrics)."""
+    rows = await store.fetchall(
+        "SELECT status, COUNT(*) AS n FROM webhooks WHERE status IN ('pending', 'failed')"
+        " GROUP BY status"
+    )
+    return {r["status"]: r["n"] for r in rows}
