@@ -42,6 +42,10 @@ class InvalidJSON(GatewayError):
     status, code, title = 400, "invalid_json", "The body is not valid JSON"
 
 
+class InvalidBody(GatewayError):
+    status, code, title = 400, "invalid_body", "The body cannot be read"
+
+
 class ValidationFailed(GatewayError):
     status, code, title = 422, "validation_error", "The request is not valid"
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -29,6 +30,24 @@ _PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
 )
 REDACTED = "[REDACTED]"
+
+
+def _install_record_factory() -> None:
+    """Stamp every log record with the request id of the request it was written under."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "stamps_request_id", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = request_id.get()
+        return record
+
+    factory.stamps_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_factory()
 
 
 class Redactor(logging.Filter):
@@ -68,7 +87,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        rid = getattr(record, "request_id", None) or request_id.get()
+        rid = getattr(record, "rid", None) or getattr(record, "request_id", None)
         if rid:
             entry["request_id"] = rid
         for key in ("method", "path", "status", "duration_ms", "bytes"):
@@ -99,7 +118,7 @@ class AccessLogger(AbstractAccessLogger):
                 "status": response.status,
                 "duration_ms": round(time * 1000, 2),
                 "bytes": response.body_length,
-                "request_id": response.headers.get(REQUEST_ID_HEADER),
+                "rid": response.headers.get(REQUEST_ID_HEADER),
             },
         )
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import Principal, bearer_token, require_scope
-from ..errors import Forbidden, InvalidJSON, RateLimited
+from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited
 from ..keys import AUTH, METRICS, RATES, STORE
 from ..ratelimit import retry_after
 from ..store.teams import Team, find_team
@@ -35,6 +35,15 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The text fields of a form body; 400 if it cannot be read as one."""
+    try:
+        posted = await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+        raise InvalidBody(f"the form body cannot be read: {exc}") from None
+    return {k: v for k, v in posted.items() if isinstance(v, str)}
 
 
 async def principal(request: web.Request, token: str | None = None) -> Principal:

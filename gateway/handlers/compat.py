@@ -10,7 +10,7 @@ from aiohttp import web
 from ..errors import GatewayError, InvalidJSON
 from ..keys import SEND, SETTINGS
 from ..sending import check_callback_url, send, validate
-from .common import team_for
+from .common import read_form, team_for
 
 
 def _error(
@@ -31,7 +31,7 @@ async def _fields(request: web.Request) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidJSON("the request body must be a JSON object")
         return data
-    return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    return await read_form(request)
 
 
 def _recipients(value: Any) -> Any:

@@ -10,6 +10,7 @@ from ..clock import iso
 from ..errors import Forbidden, GatewayError
 from ..keys import CLOCK, METRICS, SEND, SETTINGS, STORE, WORKER
 from ..store.outbox import Report, receive_report
+from .common import read_form
 
 REQUIRED = ("dnis", "username", "password", "command", "dlvrMsgId", "dlvrMsgStat")
 
@@ -32,7 +33,7 @@ async def receive(request: web.Request) -> web.Response:
         )
     params = {k: v for k, v in request.query.items()}
     if request.method == "POST":
-        params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        params.update(await read_form(request))
     settings = app[SETTINGS]
     # Both are checked whatever the first gave, so timing tells nothing about which was wrong.
     user_ok = _same(params.get("username", ""), settings.provider_username)
