@@ -26,6 +26,7 @@ from .keys import (
     SEND,
     SETTINGS,
     STORE,
+    TEAMS,
     TIMEZONE,
     WORKER,
 )
@@ -39,6 +40,7 @@ from .sending import IDEMPOTENCY_TTL, SendContext, recover_interrupted
 from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
+from .store.teams import TeamCache
 from .webhooks import WebhookWorker
 
 log = logging.getLogger("gateway")
@@ -55,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     )
     app[METRICS] = metrics
     app[RATES] = RateLimiter()
+    app[TEAMS] = TeamCache()
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TIMEZONE] = ZoneInfo(settings.timezone)

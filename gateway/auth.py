@@ -19,6 +19,7 @@ from .settings import ConfigError, Settings
 log = logging.getLogger("gateway.auth")
 
 LEEWAY_SECONDS = 30
+VERIFIED_CACHE_SIZE = 10_000
 SCOPES = frozenset({"messages:send", "messages:read", "admin"})
 
 
@@ -82,6 +83,7 @@ class Authenticator:
                 self._public_key = load_pem_public_key(settings.jwt_public_key.encode())
             except ValueError:
                 raise ConfigError("GATEWAY_JWT_PUBLIC_KEY is not a PEM public key") from None
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
         self._jwks = (
             JWKSCache(session, settings.jwks_url, settings.jwks_min_refresh)
             if settings.jwks_url and session is not None
@@ -105,7 +107,25 @@ class Authenticator:
         raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
 
     async def verify(self, token: str) -> Principal:
-        """Check signature, algorithm, exp/nbf (30 s leeway), iss and aud; return the caller."""
+        """Check signature, algorithm, exp/nbf (30 s leeway), iss and aud; return the caller.
+
+        A token that verified is remembered until it expires (services reuse one token for
+        many calls, and verifying is most of the cost of a small request).
+        """
+        cached = self._verified.get(token)
+        now = time.time()
+        if cached is not None:
+            principal, not_before, expires = cached
+            if not_before - LEEWAY_SECONDS <= now < expires + LEEWAY_SECONDS:
+                return principal
+            del self._verified[token]
+        principal, claims = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = (principal, float(claims.get("nbf", 0) or 0), float(claims["exp"]))
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -145,7 +165,7 @@ class Authenticator:
             scopes = frozenset(s for s in raw_scope if isinstance(s, str))
         else:
             scopes = frozenset()
-        return Principal(subject, scopes)
+        return Principal(subject, scopes), claims
 
 
 def bearer_token(request: web.Request) -> str:

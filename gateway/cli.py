@@ -21,6 +21,7 @@ from . import logs
 from .clock import utcnow
 from .errors import GatewayError
 from .keys import STORE
+from .loop import install_fast_loop
 from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
@@ -151,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .logs import AccessLogger
 
     settings = load_settings(args, serving=True)
+    install_fast_loop()
     logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), secrets=settings.secrets)
     try:
         app = create_app(settings)

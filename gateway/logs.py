@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -124,13 +125,20 @@ class AccessLogger(AbstractAccessLogger):
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_process_prefix = uuid.uuid4().hex[:16]
+_sequence = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A unique id without a system call: a random per-process prefix and a counter."""
+    return f"{_process_prefix}{next(_sequence):016x}"
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Take the caller's X-Request-ID (or make one), log under it, echo it back."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    rid = given if given and _VALID_REQUEST_ID.fullmatch(given) else _new_request_id()
     token = request_id.set(rid)
     try:
         response = await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import phonenumbers
@@ -19,6 +20,7 @@ class BadNumber:
     reason: str
 
 
+@functools.lru_cache(maxsize=65536)
 def normalise(raw: str, default_region: str, allowed_regions: tuple[str, ...]) -> str:
     """Return `raw` as digits with country code (e.g. 250788123456); raise ValueError with why."""
     text = raw.strip()

@@ -22,6 +22,7 @@ from .dlrtoken import DlrTokens
 from .errors import (
     PROBLEM_CONTENT_TYPE,
     Conflict,
+    Forbidden,
     GatewayError,
     InvalidRecipient,
     ProviderError,
@@ -278,7 +279,10 @@ async def send(
             idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL)
         )
     batch = _new_batch(ctx, team_id, request, now, client_dlr)
-    reserved = await store_messages.reserve(ctx.store, batch, claim)
+    try:
+        reserved = await store_messages.reserve(ctx.store, batch, claim)
+    except store_messages.TeamInactive:
+        raise Forbidden(f"team {team_id!r} is disabled", code="team_disabled") from None
     if isinstance(reserved, store_messages.PriorAnswer):
         return _replay(reserved, body_hash)
     if reserved is not None:
@@ -392,13 +396,12 @@ async def _deliver(
         for chunk, result in zip(chunks, results, strict=True)
         for message in chunk
     ]
-    await store_messages.settle(
+    stored = await store_messages.settle(
         ctx.store, batch, outcomes, webhook_delay=settings.webhook_retry_schedule[0]
     )
     ctx.webhooks_queued()
     for status, count in Counter(o.status for o in outcomes).items():
         ctx.metrics.messages.labels(status).inc(count)
-    stored = await store_messages.get_batch(ctx.store, team_id, batch.batch_id)
     log.info(
         "batch %s for team %s: %d recipients in %d provider call(s): %s",
         batch.batch_id,

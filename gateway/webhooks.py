@@ -161,9 +161,6 @@ class WebhookWorker:
         attempt = hook.attempts + 1
         retry_in = self._schedule[attempt] if attempt < len(self._schedule) else None
         delivered = error is None
-        if self._metrics is not None:
-            result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")
-            self._metrics.webhook_attempts.labels(result).inc()
         if not delivered:
             log.info("webhook %s attempt %d failed: %s", hook.id, attempt, error)
         await record_attempt(
@@ -175,3 +172,6 @@ class WebhookWorker:
             error=error,
             retry_in=None if delivered else retry_in,
         )
+        if self._metrics is not None:  # counted once stored, so a scrape agrees with the table
+            result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")
+            self._metrics.webhook_attempts.labels(result).inc()

@@ -22,7 +22,7 @@ def _bad(name: str, reason: str) -> ValidationFailed:
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 200:
         raise _bad("limit", "must be an integer from 1 to 200")
     return int(raw)
 
@@ -62,7 +62,7 @@ async def list_dlr_reports(request: web.Request) -> web.Response:
         raise _bad("status", "must be pending (or absent for every report)")
     limit = _limit(request)
     cursor = request.query.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise _bad("cursor", "is not a cursor this API returned")
     rows = await list_reports(
         request.app[STORE], status == "pending", limit + 1, int(cursor) if cursor else None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
+T = TypeVar("T")
+MAX_GROUP = 256  # writes per group commit
 MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql")
 
 
@@ -24,6 +27,8 @@ class Store:
         # One connection writes; the lock keeps concurrent coroutines from interleaving statements
         # of their transactions on it. BEGIN IMMEDIATE also serialises against other processes.
         self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Connect, switch to WAL and bring the schema up to date."""
@@ -70,15 +75,55 @@ class Store:
                 raise
             await execute(conn, "COMMIT")
 
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(connection, *args)` atomically on the database thread; its result.
+
+        Writes that arrive while one is running are grouped: the next round trip runs them all,
+        each in its own savepoint of one transaction, with one COMMIT (group commit). An error
+        in one rolls back only that one. The lock is held only while SQLite works, never while
+        the event loop gets around to the next statement.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        result: T = await future
+        return result
+
+    async def _drain(self) -> None:
+        assert self._writer is not None, "store is not open"
+        raw = self._writer._conn  # the sqlite3 connection aiosqlite runs on its own thread
+        while self._pending:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            async with self._write_lock:
+                try:
+                    # aiosqlite's own way to run a callable on its thread (no public one exists).
+                    outcomes = await self._writer._execute(  # type: ignore[no-untyped-call]
+                        _transact_group, raw, [(fn, args) for fn, args, _ in group]
+                    )
+                except BaseException as exc:  # the COMMIT itself failed: every write did
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+            for (_, _, future), (ok, value) in zip(group, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        """One row from the reader."""
-        async with self.reader.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        """One row from the reader (one round trip)."""
+        rows = await self.reader.execute_fetchall(sql, tuple(params))
+        return next(iter(rows), None)
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        """All rows from the reader."""
-        async with self.reader.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        """All rows from the reader (one round trip)."""
+        return list(await self.reader.execute_fetchall(sql, tuple(params)))
 
     async def _migrate(self) -> None:
         async with self.transaction() as conn:
@@ -106,6 +151,28 @@ class Store:
             row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
         assert row is not None
         return bytes.fromhex(row["value"])
+
+
+def _transact_group(
+    conn: sqlite3.Connection, group: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """One transaction, a savepoint per write; runs on the database thread."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, args in group:
+            conn.execute("SAVEPOINT one_write")
+            try:
+                outcomes.append((True, fn(conn, *args)))
+            except Exception as exc:  # this write is undone; the others go on
+                conn.execute("ROLLBACK TO one_write")
+                outcomes.append((False, exc))
+            conn.execute("RELEASE one_write")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return outcomes
 
 
 async def execute(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from .. import quota
 from . import outbox
-from .db import Store, execute, executemany
+from .db import Store, execute
 from .rows import resource
 
 FINAL_STATUSES = frozenset({"failed", "delivered", "undelivered"})
@@ -80,12 +79,14 @@ class Outcome:
     error_detail: str | None = None
 
 
-async def _usage(conn: aiosqlite.Connection, team_id: str, day: str, month: str) -> quota.Usage:
-    async with conn.execute(
-        "SELECT period, segments, cost FROM usage WHERE team_id = ? AND period IN (?, ?)",
-        (team_id, day, month),
-    ) as cur:
-        rows = {r["period"]: r for r in await cur.fetchall()}
+def _usage(conn: sqlite3.Connection, team_id: str, day: str, month: str) -> quota.Usage:
+    rows = {
+        r["period"]: r
+        for r in conn.execute(
+            "SELECT period, segments, cost FROM usage WHERE team_id = ? AND period IN (?, ?)",
+            (team_id, day, month),
+        )
+    }
     return quota.Usage(
         day_segments=rows[day]["segments"] if day in rows else 0,
         month_segments=rows[month]["segments"] if month in rows else 0,
@@ -93,10 +94,9 @@ async def _usage(conn: aiosqlite.Connection, team_id: str, day: str, month: str)
     )
 
 
-async def _bump(conn: aiosqlite.Connection, rows: list[tuple[str, str, int, int, int]]) -> None:
+def _bump(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, int]]) -> None:
     """Add (messages, segments, cost) deltas to (team, period) counters."""
-    await executemany(
-        conn,
+    conn.executemany(
         "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
         " segments = segments + excluded.segments, cost = cost + excluded.cost",
@@ -104,19 +104,14 @@ async def _bump(conn: aiosqlite.Connection, rows: list[tuple[str, str, int, int,
     )
 
 
-async def _claimed(
-    conn: aiosqlite.Connection, team_id: str, claim: IdempotencyClaim
-) -> PriorAnswer | None:
-    async with conn.execute(
+def _claimed(conn: sqlite3.Connection, team_id: str, claim: IdempotencyClaim) -> PriorAnswer | None:
+    row = conn.execute(
         "SELECT * FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     if row is None:
         return None
     if row["created_at"] < claim.live_after:
-        await execute(
-            conn, "DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
-        )
+        conn.execute("DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key))
         return None
     return PriorAnswer(
         row["request_hash"],
@@ -127,6 +122,77 @@ async def _claimed(
     )
 
 
+class TeamInactive(Exception):
+    """The team was disabled (or removed) after its request was authenticated."""
+
+
+def _reserve(
+    conn: sqlite3.Connection, batch: Batch, claim: IdempotencyClaim | None
+) -> quota.Refusal | PriorAnswer | None:
+    if claim is not None:
+        prior = _claimed(conn, batch.team_id, claim)
+        if prior is not None:
+            return prior
+    team = conn.execute(
+        "SELECT active, daily_limit, monthly_limit, monthly_budget FROM teams WHERE id = ?",
+        (batch.team_id,),
+    ).fetchone()
+    if team is None or not team["active"]:
+        raise TeamInactive(batch.team_id)
+    segments = sum(m.segments for m in batch.messages)
+    cost = sum(m.cost for m in batch.messages)
+    limits = quota.Limits(team["daily_limit"], team["monthly_limit"], team["monthly_budget"])
+    refusal = quota.check(
+        limits, _usage(conn, batch.team_id, batch.day, batch.month), segments, cost
+    )
+    if refusal is not None:
+        return refusal
+    if claim is not None:
+        conn.execute(
+            "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at)"
+            " VALUES (?, ?, ?, ?, 'in_flight', ?)",
+            (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at),
+        )
+    count = len(batch.messages)
+    _bump(
+        conn,
+        [
+            (batch.team_id, batch.day, count, segments, cost),
+            (batch.team_id, batch.month, count, segments, cost),
+        ],
+    )
+    events = json.dumps([{"status": "sending", "at": batch.created_at}])
+    conn.executemany(
+        "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
+        " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
+        " created_at, events, client_dlr)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                m.id,
+                batch.batch_id,
+                batch.team_id,
+                m.recipient,
+                batch.text,
+                batch.sender,
+                batch.reference,
+                batch.callback_url,
+                m.segments,
+                batch.encoding,
+                m.segments,
+                m.cost,
+                batch.day,
+                batch.month,
+                batch.created_at,
+                events,
+                batch.client_dlr,
+            )
+            for m in batch.messages
+        ],
+    )
+    return None
+
+
 async def reserve(
     store: Store, batch: Batch, claim: IdempotencyClaim | None = None
 ) -> quota.Refusal | PriorAnswer | None:
@@ -134,83 +200,15 @@ async def reserve(
 
     With an idempotency claim, a live key's prior answer is returned instead (nothing stored);
     otherwise the key is claimed `in_flight` in the same transaction. Returns the refusal (and
-    stores nothing, claiming no key) if a limit would be passed.
+    stores nothing, claiming no key) if a limit would be passed. Raises TeamInactive if the team
+    was disabled since it was authenticated.
     """
-    segments = sum(m.segments for m in batch.messages)
-    cost = sum(m.cost for m in batch.messages)
-    events = json.dumps([{"status": "sending", "at": batch.created_at}])
-    async with store.transaction() as conn:
-        if claim is not None:
-            prior = await _claimed(conn, batch.team_id, claim)
-            if prior is not None:
-                return prior
-        async with conn.execute(
-            "SELECT daily_limit, monthly_limit, monthly_budget FROM teams WHERE id = ?",
-            (batch.team_id,),
-        ) as cur:
-            team = await cur.fetchone()
-        assert team is not None, "the caller authenticated this team"
-        limits = quota.Limits(team["daily_limit"], team["monthly_limit"], team["monthly_budget"])
-        refusal = quota.check(
-            limits, await _usage(conn, batch.team_id, batch.day, batch.month), segments, cost
-        )
-        if refusal is not None:
-            return refusal
-        if claim is not None:
-            await execute(
-                conn,
-                "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at)"
-                " VALUES (?, ?, ?, ?, 'in_flight', ?)",
-                (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at),
-            )
-        count = len(batch.messages)
-        await _bump(
-            conn,
-            [
-                (batch.team_id, batch.day, count, segments, cost),
-                (batch.team_id, batch.month, count, segments, cost),
-            ],
-        )
-        await executemany(
-            conn,
-            "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
-            " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-            " created_at, events, client_dlr)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    m.id,
-                    batch.batch_id,
-                    batch.team_id,
-                    m.recipient,
-                    batch.text,
-                    batch.sender,
-                    batch.reference,
-                    batch.callback_url,
-                    m.segments,
-                    batch.encoding,
-                    m.segments,
-                    m.cost,
-                    batch.day,
-                    batch.month,
-                    batch.created_at,
-                    events,
-                    batch.client_dlr,
-                )
-                for m in batch.messages
-            ],
-        )
-    return None
+    return await store.write(_reserve, batch, claim)
 
 
-async def settle(
-    store: Store, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float = 0.0
-) -> None:
-    """Apply the provider's outcomes and move the counters by the difference to the reservation.
-
-    In the same transaction: webhooks for the messages that failed are queued, and delivery
-    reports that arrived before this answer was stored are applied.
-    """
+def _settle(
+    conn: sqlite3.Connection, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float
+) -> list[dict[str, Any]]:
     reserved = {m.id: m for m in batch.messages}
     deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for o in outcomes:
@@ -221,52 +219,57 @@ async def settle(
             delta[0] += d_messages
             delta[1] += o.charged_segments - r.segments
             delta[2] += o.cost - r.cost
-    async with store.transaction() as conn:
-        await executemany(
-            conn,
-            "UPDATE messages SET status = ?, charged_segments = ?, cost = ?,"
-            " provider_message_id = ?, error_code = ?, error_detail = ?,"
-            " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
-            " completed_at = CASE WHEN ? = 'failed' THEN ? ELSE completed_at END,"
-            " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?))"
-            " WHERE id = ? AND status = 'sending'",
-            [
-                (
-                    o.status,
-                    o.charged_segments,
-                    o.cost,
-                    o.provider_message_id,
-                    o.error_code,
-                    o.error_detail,
-                    o.status,
-                    o.at,
-                    o.status,
-                    o.at,
-                    o.status,
-                    o.at,
-                    o.message_id,
-                )
-                for o in outcomes
-            ],
-        )
-        await _bump(
-            conn,
-            [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
-        )
-        failed = [o.message_id for o in outcomes if o.status == "failed"]
-        if failed:
-            at = outcomes[0].at
-            for start in range(0, len(failed), 500):
-                chunk = failed[start : start + 500]
-                marks = ", ".join("?" for _ in chunk)
-                async with conn.execute(
-                    f"SELECT * FROM messages WHERE id IN ({marks})",  # noqa: S608
-                    chunk,
-                ) as cur:
-                    rows = list(await cur.fetchall())
-                await outbox.enqueue_webhooks(conn, rows, at, webhook_delay)
-        if any(o.status in ("sent", "unknown") for o in outcomes):
-            await outbox.apply_pending_reports(conn, batch.batch_id, outcomes[0].at, webhook_delay)
+    conn.executemany(
+        "UPDATE messages SET status = ?, charged_segments = ?, cost = ?,"
+        " provider_message_id = ?, error_code = ?, error_detail = ?,"
+        " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
+        " completed_at = CASE WHEN ? = 'failed' THEN ? ELSE completed_at END,"
+        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?))"
+        " WHERE id = ? AND status = 'sending'",
+        [
+            (
+                o.status,
+                o.charged_segments,
+                o.cost,
+                o.provider_message_id,
+                o.error_code,
+                o.error_detail,
+                o.status,
+                o.at,
+                o.status,
+                o.at,
+                o.status,
+                o.at,
+                o.message_id,
+            )
+            for o in outcomes
+        ],
+    )
+    _bump(
+        conn,
+        [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
+    )
+    at = outcomes[0].at if outcomes else batch.created_at
+    if any(o.status in ("sent", "unknown") for o in outcomes):
+        outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
+    rows = conn.execute(
+        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
+        (batch.team_id, batch.batch_id),
+    ).fetchall()
+    outbox.enqueue_webhooks(conn, [r for r in rows if r["status"] == "failed"], at, webhook_delay)
+    return [resource(r) for r in rows]
+
+
+async def settle(
+    store: Store, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float = 0.0
+) -> list[dict[str, Any]]:
+    """Apply the provider's outcomes and move the counters by the difference to the reservation.
+
+    In the same transaction: webhooks for the messages that failed are queued, and delivery
+    reports that arrived before this answer was stored are applied. Returns the batch's
+    messages as they now are.
+    """
+    return await store.write(_settle, batch, outcomes, webhook_delay)
 
 
 async def remember_answer(

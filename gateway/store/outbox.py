@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,8 +35,8 @@ def _after(at: str, seconds: float) -> str:
     return iso(parse_iso(at) + timedelta(seconds=seconds))
 
 
-async def enqueue_webhooks(
-    conn: aiosqlite.Connection, rows: Iterable[aiosqlite.Row], at: str, delay: float
+def enqueue_webhooks(
+    conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], at: str, delay: float
 ) -> int:
     """Queue one webhook per message row that reached a webhook state and has a URL to go to."""
     queued = 0
@@ -45,10 +46,9 @@ async def enqueue_webhooks(
             continue
         team_id = row["team_id"]
         if team_id not in team_urls:
-            async with conn.execute(
+            team = conn.execute(
                 "SELECT callback_url FROM teams WHERE id = ?", (team_id,)
-            ) as cur:
-                team = await cur.fetchone()
+            ).fetchone()
             team_urls[team_id] = team["callback_url"] if team else None
         url = row["callback_url"] or team_urls[team_id]
         if not url:
@@ -59,8 +59,7 @@ async def enqueue_webhooks(
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        await execute(
-            conn,
+        conn.execute(
             "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
             " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
             (
@@ -78,36 +77,33 @@ async def enqueue_webhooks(
     return queued
 
 
-async def _apply(
-    conn: aiosqlite.Connection, report: Report, at: str, delay: float
+def _apply(
+    conn: sqlite3.Connection, report: Report, at: str, delay: float
 ) -> tuple[ReportOutcome, str | None]:
     """Move the report's message to its final state and queue its webhook, if it can be."""
-    async with conn.execute(
+    found = conn.execute(
         "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
         (report.batch_id, report.provider_message_id),
-    ) as cur:
-        found = await cur.fetchone()
+    ).fetchone()
     if found is None:
         return "pending", None  # the send's answer is not stored yet, or never will be
     if found["status"] not in ("sent", "unknown"):
         return "ignored", found["id"]
     status = FINAL_STATES[report.state]
-    await execute(
-        conn,
+    conn.execute(
         "UPDATE messages SET status = ?, completed_at = ?,"
         " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?)) WHERE id = ?",
         (status, at, status, at, found["id"]),
     )
-    async with conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)) as cur:
-        rows = list(await cur.fetchall())
-    await enqueue_webhooks(conn, rows, at, delay)
-    if rows[0]["client_dlr"]:
-        await _enqueue_client_dlr(conn, rows[0], report.state, at, delay)
+    row = conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)).fetchone()
+    enqueue_webhooks(conn, [row], at, delay)
+    if row["client_dlr"]:
+        _enqueue_client_dlr(conn, row, report.state, at, delay)
     return "applied", found["id"]
 
 
-async def _enqueue_client_dlr(
-    conn: aiosqlite.Connection, row: aiosqlite.Row, state: str, at: str, delay: float
+def _enqueue_client_dlr(
+    conn: sqlite3.Connection, row: sqlite3.Row, state: str, at: str, delay: float
 ) -> None:
     """Queue the provider-format GET a drop-in client asked for with its own `dlrurl`."""
     target = json.loads(row["client_dlr"])
@@ -119,8 +115,7 @@ async def _enqueue_client_dlr(
         "dlvrMsgId": row["id"],
         "dlvrMsgStat": state,
     }
-    await execute(
-        conn,
+    conn.execute(
         "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
         " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, 'dlr')",
         (
@@ -136,48 +131,46 @@ async def _enqueue_client_dlr(
     )
 
 
-async def _settle_report(
-    conn: aiosqlite.Connection, report_id: int, outcome: str, message_id: str | None, at: str
+def _settle_report(
+    conn: sqlite3.Connection, report_id: int, outcome: str, message_id: str | None, at: str
 ) -> None:
-    await execute(
-        conn,
+    conn.execute(
         "UPDATE dlr_reports SET outcome = ?, message_id = ?, settled_at = ? WHERE id = ?",
         (outcome, message_id, at, report_id),
     )
 
 
+def _receive(conn: sqlite3.Connection, report: Report, at: str, delay: float) -> ReportOutcome:
+    inserted = conn.execute(
+        "INSERT OR IGNORE INTO dlr_reports"
+        " (batch_id, provider_message_id, recipient, state, received_at)"
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (report.batch_id, report.provider_message_id, report.recipient, report.state, at),
+    ).fetchone()
+    if inserted is None:
+        return "duplicate"
+    outcome, message_id = _apply(conn, report, at, delay)
+    if outcome != "pending":
+        _settle_report(conn, inserted[0], outcome, message_id, at)
+    return outcome
+
+
 async def receive_report(store: Store, report: Report, at: str, delay: float) -> ReportOutcome:
     """Store a delivery report and apply it, in one transaction: duplicates change nothing."""
-    async with store.transaction() as conn:
-        async with conn.execute(
-            "INSERT OR IGNORE INTO dlr_reports"
-            " (batch_id, provider_message_id, recipient, state, received_at)"
-            " VALUES (?, ?, ?, ?, ?) RETURNING id",
-            (report.batch_id, report.provider_message_id, report.recipient, report.state, at),
-        ) as cur:
-            inserted = await cur.fetchone()
-        if inserted is None:
-            return "duplicate"
-        outcome, message_id = await _apply(conn, report, at, delay)
-        if outcome != "pending":
-            await _settle_report(conn, inserted[0], outcome, message_id, at)
-        return outcome
+    return await store.write(_receive, report, at, delay)
 
 
-async def apply_pending_reports(
-    conn: aiosqlite.Connection, batch_id: str, at: str, delay: float
-) -> None:
+def apply_pending_reports(conn: sqlite3.Connection, batch_id: str, at: str, delay: float) -> None:
     """Apply the reports that arrived before this batch's send answer was stored."""
-    async with conn.execute(
+    waiting = conn.execute(
         "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
         (batch_id,),
-    ) as cur:
-        waiting = list(await cur.fetchall())
+    ).fetchall()
     for row in waiting:
         report = Report(row["batch_id"], row["provider_message_id"], row["recipient"], row["state"])
-        outcome, message_id = await _apply(conn, report, at, delay)
+        outcome, message_id = _apply(conn, report, at, delay)
         if outcome != "pending":
-            await _settle_report(conn, row["id"], outcome, message_id, at)
+            _settle_report(conn, row["id"], outcome, message_id, at)
 
 
 # --- the worker's side ------------------------------------------------------------------------

@@ -1,0 +1,431 @@
+"""The benchmark harness: `python -m bench.run` (see README, Performance).
+
+Starts a fast fake provider, the gateway (SQLite on disk, JWT on, quotas on) and a bare aiohttp
+forwarder on loopback, drives each with the same load generator (N concurrent clients, one
+recipient per request, a fixed duration), and prints sends/s, p50, p99, the gateway's peak RSS
+and the gateway/forwarder ratios. Then it preloads a million messages and measures again: sends,
+a `GET /messages` page, and one 1,000-recipient send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from gateway.loop import install_fast_loop
+
+SECRET = "bench-secret-bench-secret-bench-secret-0123"
+TEAM = "bench"
+
+
+@dataclass
+class Result:
+    """What one load run measured."""
+
+    name: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        """Successful requests a second."""
+        return (self.requests - self.errors) / self.seconds
+
+    def pct(self, q: float) -> float:
+        """The q-quantile latency in milliseconds."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def line(self) -> str:
+        """A row of the report."""
+        return (
+            f"{self.name:<34} {self.rate:>9.0f}/s  p50 {self.pct(0.50):>7.2f} ms  "
+            f"p99 {self.pct(0.99):>7.2f} ms  errors {self.errors}"
+        )
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def token(scope: str = "messages:send messages:read") -> str:
+    """A long-lived bench token for the team."""
+    return jwt.encode(
+        {"sub": TEAM, "scope": scope, "exp": int(time.time()) + 86400, "aud": "sms-gateway"},
+        SECRET,
+        algorithm="HS256",
+    )
+
+
+@contextlib.asynccontextmanager
+async def process(
+    args: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/healthz"
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A server subprocess, yielded once it answers on `port`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(60), aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}{ready_path}") as resp:
+                        if resp.status < 500:
+                            break
+                await asyncio.sleep(0.05)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(20):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(
+    name: str,
+    url: str,
+    body: Callable[[int], dict[str, Any]],
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    method: str = "POST",
+    expect: int = 201,
+) -> Result:
+    """`concurrency` clients sending back to back for `duration` seconds."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    counter = iter(range(10**9))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+        warm_until = time.perf_counter() + min(1.0, duration / 5)
+        while time.perf_counter() < warm_until:  # connections and caches warm
+            async with http.request(method, url, json=body(next(counter))) as resp:
+                await resp.read()
+        deadline = time.perf_counter() + duration
+
+        async def client() -> None:
+            nonlocal errors, sent
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with http.request(
+                    method, url, json=body(next(counter)) if method == "POST" else None
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == expect
+                latencies.append(time.perf_counter() - started)
+                sent += 1
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return Result(name, sent, errors, seconds, latencies)
+
+
+def one_recipient(n: int) -> dict[str, Any]:
+    """A one-time-password sized send to a different number each time."""
+    return {"to": [f"0788{n % 1_000_000:06d}"], "text": f"Your code is {n % 10000:04d}"}
+
+
+def preload(database: str, count: int) -> float:
+    """Insert `count` messages (and matching usage counters) straight into SQLite; seconds."""
+    started = time.perf_counter()
+    conn = sqlite3.connect(database)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    day, month = "2026-01-15", "2026-01"
+    base_ms = int(time.time() * 1000) - 30 * 86400 * 1000
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+    def ulid(ms: int, rnd: int) -> str:
+        out = []
+        for value, length in ((ms, 10), (rnd, 16)):
+            chars = []
+            for _ in range(length):
+                value, rem = divmod(value, 32)
+                chars.append(alphabet[rem])
+            out.append("".join(reversed(chars)))
+        return "".join(out)
+
+    rng = random.Random(7)
+    statuses = ("delivered", "delivered", "delivered", "sent", "failed", "undelivered")
+    batch_size = 50_000
+    for start in range(0, count, batch_size):
+        rows = []
+        for n in range(start, min(count, start + batch_size)):
+            ms = base_ms + n * 2  # spread over about 23 days, in order
+            status = statuses[n % len(statuses)]
+            at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + ".000Z"
+            rows.append(
+                (
+                    "msg_" + ulid(ms, rng.getrandbits(80)),
+                    "bat_" + ulid(ms, n),
+                    TEAM,
+                    f"250788{n % 1_000_000:06d}",
+                    "Your code is 1234",
+                    None,
+                    f"ref-{n % 5000}",
+                    None,
+                    status,
+                    1,
+                    "gsm7",
+                    1,
+                    75,
+                    str(10**8 + n),
+                    day,
+                    month,
+                    at,
+                    json.dumps([{"status": "sending", "at": at}, {"status": status, "at": at}]),
+                )
+            )
+        conn.executemany(
+            "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
+            " callback_url, status, segments, encoding, charged_segments, cost,"
+            " provider_message_id, day, month, created_at, events)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.commit()
+        print(
+            f"  preloaded {min(count, start + batch_size):>9,} / {count:,} messages",
+            file=sys.stderr,
+            flush=True,
+        )
+    for period in (day, month):
+        conn.execute(
+            "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
+            " segments = segments + excluded.segments, cost = cost + excluded.cost",
+            (TEAM, period, count, count, 75 * count),
+        )
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - started
+
+
+async def gateway_session(
+    directory: Path, provider_url: str, preload_count: int, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """Everything measured on the gateway, empty and then with `preload_count` messages."""
+    database = str(directory / "bench.db")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_DATABASE": database,
+            "GATEWAY_JWT_SECRET": SECRET,
+            "GATEWAY_PROVIDER_URL": provider_url,
+            "GATEWAY_PROVIDER_API_KEY": "k",
+            "GATEWAY_PROVIDER_USERNAME": "u",
+            "GATEWAY_PROVIDER_PASSWORD": "p",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+        }
+    )
+    create = subprocess_run(
+        [
+            "-m",
+            "gateway",
+            "team",
+            "create",
+            TEAM,
+            "--daily-limit",
+            str(10**9),
+            "--monthly-limit",
+            str(10**10),
+            "--monthly-budget",
+            str(10**12),
+        ],
+        env,
+    )
+    assert create == 0, "could not create the bench team"
+    base = f"http://127.0.0.1:{port}"
+    send_headers = {"Authorization": f"Bearer {token()}"}
+    out: dict[str, Any] = {}
+    async with process(["-m", "gateway", "serve"], port, env) as proc:
+        out["empty"] = await load(
+            "gateway (empty database)",
+            f"{base}/messages",
+            one_recipient,
+            send_headers,
+            concurrency,
+            duration,
+        )
+        out["rss_empty"] = peak_rss_mb(proc.pid)
+    if preload_count:
+        print(f"preloading {preload_count:,} messages ...", file=sys.stderr, flush=True)
+        out["preload_seconds"] = preload(database, preload_count)
+    async with process(["-m", "gateway", "serve"], port, env) as proc:
+        out["full"] = await load(
+            f"gateway ({preload_count:,} stored)",
+            f"{base}/messages",
+            one_recipient,
+            send_headers,
+            concurrency,
+            duration,
+        )
+        out["page"] = await load(
+            "GET /messages page (limit=50)",
+            f"{base}/messages?limit=50&status=delivered",
+            lambda n: {},
+            send_headers,
+            8,
+            min(duration, 5),
+            method="GET",
+            expect=200,
+        )
+        big = {"to": [f"0789{n:06d}" for n in range(1000)], "text": "Service notice"}
+        timings = []
+        async with aiohttp.ClientSession(headers=send_headers) as http:
+            for _ in range(5):
+                started = time.perf_counter()
+                async with http.post(f"{base}/messages", json=big) as resp:
+                    await resp.read()
+                    assert resp.status == 201, resp.status
+                timings.append(time.perf_counter() - started)
+        out["big_ms"] = statistics.median(timings) * 1000
+        out["big_max_ms"] = max(timings) * 1000
+        out["rss_full"] = peak_rss_mb(proc.pid)
+    return out
+
+
+def subprocess_run(args: list[str], env: dict[str, str]) -> int:
+    """Run `python ARGS` to completion; its exit code."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, check=False
+    ).returncode
+
+
+async def main_async(options: argparse.Namespace) -> int:
+    """Run everything and print the report; 0 when every target is met (or --smoke)."""
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    provider_port, forwarder_port = free_port(), free_port()
+    provider_url = f"http://127.0.0.1:{provider_port}/api/v2/sms/send"
+    with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
+        async with process(
+            ["-m", "bench.servers", "provider", str(provider_port)], provider_port, ready_path="/"
+        ):
+            async with process(
+                ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
+                forwarder_port,
+                ready_path="/",
+            ):
+                forwarder = await load(
+                    "bare forwarder",
+                    f"http://127.0.0.1:{forwarder_port}/messages",
+                    one_recipient,
+                    {},
+                    options.concurrency,
+                    options.duration,
+                )
+            gateway = await gateway_session(
+                Path(tmp), provider_url, options.preload, options.concurrency, options.duration
+            )
+    empty, full, page = gateway["empty"], gateway["full"], gateway["page"]
+    rss = max(gateway["rss_empty"], gateway["rss_full"])
+    ratio = empty.rate / forwarder.rate
+    p99_ratio = empty.pct(0.99) / forwarder.pct(0.99)
+    full_ratio = full.rate / empty.rate
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {loop_name}; {options.concurrency} clients, "
+        f"{options.duration:g} s a run"
+    )
+    for result in (forwarder, empty, full, page):
+        print(result.line())
+    if "preload_seconds" in gateway:
+        print(f"preload of {options.preload:,} messages took {gateway['preload_seconds']:.0f} s")
+    print(
+        f"1,000-recipient send (10 provider calls): median {gateway['big_ms']:.0f} ms, "
+        f"max {gateway['big_max_ms']:.0f} ms"
+    )
+    print(f"gateway peak RSS: {rss:.0f} MB")
+    targets = [
+        ("throughput >= 0.70 x forwarder", ratio >= 0.70, f"{ratio:.2f}"),
+        ("p99 <= 2 x forwarder", p99_ratio <= 2.0, f"{p99_ratio:.2f}"),
+        ("throughput at 1M within 10 %", full_ratio >= 0.90, f"{full_ratio:.2f}"),
+        ("GET /messages p99 <= 20 ms", page.pct(0.99) <= 20, f"{page.pct(0.99):.1f} ms"),
+        (
+            "1,000 recipients <= 0.5 s",
+            gateway["big_max_ms"] <= 500,
+            f"{gateway['big_max_ms']:.0f} ms",
+        ),
+        ("peak RSS <= 150 MB", rss <= 150, f"{rss:.0f} MB"),
+    ]
+    print("targets:")
+    for name, met, figure in targets:
+        print(f"  {'MET   ' if met else 'MISSED'} {name:<34} {figure}")
+    errors = forwarder.errors + empty.errors + full.errors + page.errors
+    if errors:
+        print(f"{errors} requests failed", file=sys.stderr)
+        return 1
+    return 0 if options.smoke or all(met for _, met, _ in targets) else 3
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    parser.add_argument(
+        "--preload", type=int, default=1_000_000, help="messages stored before the second run"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick run that checks the harness works, not the targets",
+    )
+    options = parser.parse_args()
+    install_fast_loop()  # the load generator runs on the same loop as the servers
+    raise SystemExit(asyncio.run(main_async(options)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The two stand-ins the harness runs: a fast fake provider and a bare forwarder.
+
+`python -m bench.servers provider PORT` answers every send at once in the provider's format.
+`python -m bench.servers forwarder PORT PROVIDER_URL` is the ceiling the gateway is compared with:
+JSON in, a form post to the provider, JSON out; no auth, no storage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import aiohttp
+from aiohttp import web
+
+from gateway.loop import install_fast_loop
+
+
+def provider_app() -> web.Application:
+    """A provider that charges 75 RWF and never sends delivery reports."""
+    ids = itertools.count(1)
+
+    async def send(request: web.Request) -> web.Response:
+        form = await request.post()
+        recipients = str(form.get("recipients", "")).split(",")
+        response = [
+            {"status": "sent", "messageid": str(next(ids)), "recipient": r, "cost": 75}
+            for r in recipients
+        ]
+        return web.json_response(
+            {
+                "status": "success",
+                "totalmessages": len(response),
+                "totalcost": 75 * len(response),
+                "unit": "RWF",
+                "response": response,
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/v2/sms/send", send)
+    return app
+
+
+def forwarder_app(provider_url: str) -> web.Application:
+    """JSON in, form to the provider, JSON out."""
+
+    async def start(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+
+    async def stop(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def messages(request: web.Request) -> web.Response:
+        body = await request.json()
+        to = body["to"] if isinstance(body["to"], list) else [body["to"]]
+        form = {
+            "api_key": "k",
+            "username": "u",
+            "password": "p",
+            "recipients": ",".join(to),
+            "message": body["text"],
+        }
+        async with request.app["session"].post(provider_url, data=form) as resp:
+            answer = await resp.json()
+        return web.json_response(answer, status=201)
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_post("/messages", messages)
+    return app
+
+
+def main() -> None:
+    """Run one of the stand-ins on a loopback port."""
+    install_fast_loop()
+    kind, port = sys.argv[1], int(sys.argv[2])
+    app = provider_app() if kind == "provider" else forwarder_app(sys.argv[3])
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=lambda _: None)
+
+
+if __name__ == "__main__":
+    main()
