@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 import threading
 from datetime import datetime
 
@@ -29,6 +29,9 @@ class _Monotonic:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last = (0, 0)
+        # Ids need to be unique and ordered, not secret (access is checked on every read), so a
+        # PRNG seeded from the OS is enough and spares a system call per id.
+        self._random = random.Random()
 
     def next(self, at: datetime) -> str:
         millis = _millis(at)
@@ -36,10 +39,10 @@ class _Monotonic:
             last_millis, last_random = self._last
             if millis <= last_millis and last_random < _MAX_RANDOM:
                 # Same (or an earlier) millisecond: step the random part so order is kept.
-                millis, rand = last_millis, last_random + 1 + secrets.randbits(16)
+                millis, rand = last_millis, last_random + 1 + self._random.getrandbits(16)
                 rand = min(rand, _MAX_RANDOM)
             else:
-                rand = secrets.randbits(79)  # headroom for increments
+                rand = self._random.getrandbits(79)  # headroom for increments
             self._last = (millis, rand)
         return _encode(millis, 10) + _encode(rand, 16)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -20,9 +21,24 @@ class BadNumber:
     reason: str
 
 
+# Rwandan mobile numbers in the forms people write them (libphonenumber's RW mobile pattern is
+# 7[237-9] and seven digits): answered without a full parse, which is most of a send's cost.
+_RW_MOBILE = re.compile(r"(?:\+?250|0)?(7[237-9][0-9]{7})")
+_SEPARATORS = str.maketrans("", "", " -().")
+
+
 @functools.lru_cache(maxsize=65536)
 def normalise(raw: str, default_region: str, allowed_regions: tuple[str, ...]) -> str:
     """Return `raw` as digits with country code (e.g. 250788123456); raise ValueError with why."""
+    if default_region == "RW" and "RW" in allowed_regions:
+        fast = _RW_MOBILE.fullmatch(raw.strip().translate(_SEPARATORS))
+        if fast:
+            return "250" + fast.group(1)
+    return _parse(raw, default_region, allowed_regions)
+
+
+def _parse(raw: str, default_region: str, allowed_regions: tuple[str, ...]) -> str:
+    """The full libphonenumber path."""
     text = raw.strip()
     if not text:
         raise ValueError("empty number")

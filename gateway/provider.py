@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.provider")
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 FailureKind = Literal["error", "unavailable", "timeout"]
 
@@ -85,7 +87,10 @@ class ProviderClient:
         if dlrurl:
             form["dlrurl"] = dlrurl
         try:
-            async with self._session.post(self._url, data=form, timeout=self._timeout) as resp:
+            body = urlencode(form).encode()
+            async with self._session.post(
+                self._url, data=body, timeout=self._timeout, headers=_FORM
+            ) as resp:
                 body = await resp.read()
                 return _interpret(resp.status, body)
         except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:

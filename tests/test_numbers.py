@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.numbers import normalise, normalise_all
+from gateway.numbers import _parse, normalise, normalise_all
 
 RW = ("RW",)
 
@@ -72,3 +72,24 @@ def test_never_raises_anything_but_value_error(raw: str) -> None:
     except ValueError:
         return
     assert result.startswith("2507") and len(result) == 12
+
+
+@given(
+    st.sampled_from(["", "0", "+250", "250", "+ 250", "00250", "+0", "2500", "(0", "+250-"]),
+    st.one_of(
+        st.text(alphabet="0123456789 -().", min_size=7, max_size=14),
+        st.from_regex(r"\A7[0-9][ -]?[0-9]{3}[ -.]?[0-9]{2,5}\Z"),
+    ),
+)
+def test_the_fast_path_agrees_with_libphonenumber(prefix: str, rest: str) -> None:
+    raw = prefix + rest
+    normalise.cache_clear()
+    try:
+        fast: str | None = normalise(raw, "RW", RW)
+    except ValueError:
+        fast = None
+    try:
+        full: str | None = _parse(raw, "RW", RW)
+    except ValueError:
+        full = None
+    assert fast == full, raw
