@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint sandbox clean
+.PHONY: install test lint sandbox bench clean
 
 $(VENV):
 	python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ lint: install
 
 sandbox: install
 	$(VENV)/bin/sms-gateway serve --sandbox
+
+bench: install
+	$(PY) -m bench.run
 
 ci:
 	bash .ci/run

@@ -253,9 +253,16 @@ async def test_exhausted_schedule_marks_failed_and_admin_can_retry(
     await problem(
         await client.post("/admin/webhooks/whk_nope/retry", headers=ADMIN), 404, "webhook_not_found"
     )
-    await problem(
-        await client.get("/admin/webhooks?status=lost", headers=ADMIN), 422, "invalid_parameter"
-    )
+    for query in ("status=lost", "limit=%C2%B2", "limit=0", "cursor=msg_1"):
+        await problem(
+            await client.get(f"/admin/webhooks?{query}", headers=ADMIN), 422, "invalid_parameter"
+        )
+    for query in ("cursor=999999999999999999999999999999", "limit=%C2%B2", "status=done"):
+        await problem(
+            await client.get(f"/admin/dlr-reports?{query}", headers=ADMIN),
+            422,
+            "invalid_parameter",
+        )
 
 
 async def test_rotated_secret_signs_later_attempts(

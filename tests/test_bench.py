@@ -1,0 +1,46 @@
+"""A few-seconds run of the benchmark harness, so it cannot rot (the figures are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_harness_smoke_run() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--smoke",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "8",
+            "--preload",
+            "2000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for line in (
+        "bare forwarder",
+        "gateway (empty database)",
+        "gateway (2,000 stored)",
+        "GET /messages page",
+        "1,000-recipient send",
+        "gateway peak RSS",
+        "targets:",
+    ):
+        assert line in out, out
+    assert "errors 0" in out and " 0/s" not in out
