@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -183,6 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             )
 
         app.on_startup.append(banner)
+    app.on_startup.append(_settle_memory)
     try:
         web.run_app(
             app,
@@ -193,6 +195,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+
+
+async def _settle_memory(app: web.Application) -> None:
+    """After start-up: keep what exists out of the collector's way, and collect less often.
+
+    A send makes many short-lived objects; the default thresholds spent a few per cent of the
+    CPU in collections that found nothing to free (seen with py-spy under load).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 def cmd_team_create(args: argparse.Namespace) -> None:

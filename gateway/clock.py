@@ -16,7 +16,9 @@ def utcnow() -> datetime:
 
 def iso(at: datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-24T08:00:00.000Z."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 from datetime import datetime
@@ -11,12 +12,16 @@ _MAX_MILLIS = (1 << 48) - 1
 _MAX_RANDOM = (1 << 80) - 1
 
 
+# Crockford base32 through the C base32 codec: RFC 4648's alphabet, translated.
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, rem = divmod(value, 32)
-        chars.append(_ALPHABET[rem])
-    return "".join(reversed(chars))
+    """`value` as `length` Crockford base32 characters (5 bits each, most significant first)."""
+    bits = length * 5
+    pad = -bits % 8  # shift left so the characters fall on whole bytes
+    raw = (value << pad).to_bytes((bits + pad) // 8, "big")
+    return base64.b32encode(raw).decode()[:length].translate(_TO_CROCKFORD)
 
 
 def _millis(at: datetime) -> int:

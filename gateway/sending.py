@@ -389,7 +389,10 @@ async def _deliver(
                 dlrurl=dlrurl,
             )
 
-    results = await asyncio.gather(*(call(chunk) for chunk in chunks))
+    if len(chunks) == 1:  # the common case: no tasks to make
+        results = [await call(chunks[0])]
+    else:
+        results = list(await asyncio.gather(*(call(chunk) for chunk in chunks)))
     settled_at = iso(ctx.clock())
     outcomes = [
         _outcome(message, result, settled_at)
