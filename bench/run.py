@@ -307,6 +307,17 @@ async def main_async(options: argparse.Namespace) -> int:
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token()}"}
     n, seconds = options.concurrency, options.duration
+
+    def forwarder_run() -> Any:
+        return load(
+            "bare forwarder",
+            f"http://127.0.0.1:{forwarder_port}/messages",
+            one_recipient,
+            {},
+            n,
+            seconds,
+        )
+
     with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
         env = gateway_env(Path(tmp), provider_url, port)
         assert (
@@ -342,14 +353,7 @@ async def main_async(options: argparse.Namespace) -> int:
                 first = await alternate(
                     options.rounds,
                     {
-                        "forwarder": lambda: load(
-                            "bare forwarder",
-                            f"http://127.0.0.1:{forwarder_port}/messages",
-                            one_recipient,
-                            {},
-                            n,
-                            seconds,
-                        ),
+                        "forwarder": forwarder_run,
                         "empty": lambda: load(
                             "gateway (empty database)",
                             f"{base}/messages",
@@ -376,14 +380,7 @@ async def main_async(options: argparse.Namespace) -> int:
                 second = await alternate(
                     options.rounds,
                     {
-                        "forwarder": lambda: load(
-                            "bare forwarder",
-                            f"http://127.0.0.1:{forwarder_port}/messages",
-                            one_recipient,
-                            {},
-                            n,
-                            seconds,
-                        ),
+                        "forwarder": forwarder_run,
                         "full": lambda: load(
                             f"gateway ({options.preload:,} stored)",
                             f"{base}/messages",

@@ -40,5 +40,5 @@ class RateLimiter:
 
 
 def retry_after(wait: float) -> str:
-    """A Retry-After value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(wait)))
+    """A Retry-After value: whole seconds, at least 1, at most a day."""
+    return str(min(86_400, max(1, math.ceil(min(wait, 86_400.0)))))

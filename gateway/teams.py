@@ -10,6 +10,7 @@ from .sending import check_callback_url
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")
+MIN_RATE, MAX_RATE = 0.001, 1e6  # requests a second; below one in 1,000 s is a typo, not a rate
 EDITABLE = frozenset({"name", "active", "rate_limit_per_second", "callback_url", *LIMIT_FIELDS})
 
 
@@ -67,9 +68,14 @@ def check_team_fields(body: Any, *, creating: bool) -> dict[str, Any]:
     if "rate_limit_per_second" in body:
         value = body["rate_limit_per_second"]
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e6
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not MIN_RATE <= value <= MAX_RATE
         ):
-            raise _bad("rate_limit_per_second", "must be a positive number or null (unlimited)")
+            raise _bad(
+                "rate_limit_per_second",
+                f"must be a number from {MIN_RATE} to {MAX_RATE:g}, or null (unlimited)",
+            )
         out["rate_limit_per_second"] = None if value is None else float(value)
     if "callback_url" in body:
         value = body["callback_url"]

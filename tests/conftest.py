@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 import time
@@ -209,6 +210,27 @@ async def receiver() -> AsyncIterator[Receiver]:
     state.url = str(server.make_url("/hooks"))
     yield state
     await server.close()
+
+
+def serve_env(
+    database: str, port: int, provider_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment of an `sms-gateway serve` process in front of a fake provider."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        {"GATEWAY_PORT": str(port), "GATEWAY_DATABASE": database, "GATEWAY_JWT_SECRET": JWT_SECRET}
+    )
+    if provider_url:
+        env.update(
+            {
+                "GATEWAY_PROVIDER_URL": provider_url,
+                "GATEWAY_PROVIDER_API_KEY": API_KEY,
+                "GATEWAY_PROVIDER_USERNAME": USERNAME,
+                "GATEWAY_PROVIDER_PASSWORD": PASSWORD,
+            }
+        )
+    env.update({f"GATEWAY_{k.upper()}": v for k, v in extra.items()})
+    return env
 
 
 @contextlib.asynccontextmanager

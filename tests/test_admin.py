@@ -88,6 +88,8 @@ async def test_duplicate_and_missing(make_client: ClientFactory) -> None:
         ({"id": "ok", "daily_limit": 1.5}, "validation_error"),
         ({"id": "ok", "monthly_budget": True}, "validation_error"),
         ({"id": "ok", "rate_limit_per_second": 0}, "validation_error"),
+        ({"id": "ok", "rate_limit_per_second": 5e-324}, "validation_error"),
+        ({"id": "ok", "rate_limit_per_second": 1e7}, "validation_error"),
         ({"id": "ok", "callback_url": "not a url"}, "invalid_callback_url"),
         ({"id": "ok", "active": "yes"}, "validation_error"),
         ({"id": "ok", "webhook_secret": "whsec_x"}, "unknown_field"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
@@ -14,12 +13,12 @@ from .conftest import (
     API_KEY,
     JWT_SECRET,
     PASSWORD,
-    USERNAME,
     FakeProvider,
     Receiver,
     free_port,
     gateway_process,
     mint,
+    serve_env,
 )
 
 
@@ -27,19 +26,12 @@ async def test_pending_webhooks_are_delivered_after_sigkill(
     tmp_path: Path, provider: FakeProvider, receiver: Receiver
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_DATABASE": str(tmp_path / "gateway.db"),
-            "GATEWAY_JWT_SECRET": JWT_SECRET,
-            "GATEWAY_PROVIDER_URL": provider.url,
-            "GATEWAY_PROVIDER_API_KEY": API_KEY,
-            "GATEWAY_PROVIDER_USERNAME": USERNAME,
-            "GATEWAY_PROVIDER_PASSWORD": PASSWORD,
-            "GATEWAY_WEBHOOK_RETRY_SCHEDULE": ",".join(["0"] + ["0.2"] * 20),
-            "GATEWAY_LOG_LEVEL": "DEBUG",
-        }
+    env = serve_env(
+        str(tmp_path / "gateway.db"),
+        port,
+        provider.url,
+        webhook_retry_schedule=",".join(["0"] + ["0.2"] * 20),
+        log_level="DEBUG",
     )
     base = f"http://127.0.0.1:{port}"
     admin = {"Authorization": f"Bearer {mint('root', 'admin')}"}

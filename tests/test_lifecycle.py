@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -11,14 +10,11 @@ from pathlib import Path
 import aiohttp
 
 from .conftest import (
-    API_KEY,
-    JWT_SECRET,
-    PASSWORD,
-    USERNAME,
     FakeProvider,
     free_port,
     gateway_process,
     mint,
+    serve_env,
 )
 
 
@@ -27,18 +23,7 @@ async def test_sigterm_lets_an_in_flight_send_finish(
 ) -> None:
     port = free_port()
     database = tmp_path / "gateway.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_DATABASE": str(database),
-            "GATEWAY_JWT_SECRET": JWT_SECRET,
-            "GATEWAY_PROVIDER_URL": provider.url,
-            "GATEWAY_PROVIDER_API_KEY": API_KEY,
-            "GATEWAY_PROVIDER_USERNAME": USERNAME,
-            "GATEWAY_PROVIDER_PASSWORD": PASSWORD,
-        }
-    )
+    env = serve_env(str(database), port, provider.url)
     base = f"http://127.0.0.1:{port}"
     provider.delay = 1.0  # the provider is slow: the signal arrives while it works
     async with aiohttp.ClientSession() as http, gateway_process(env, port) as proc:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.keys import STORE
 from gateway.logs import REDACTED, JsonFormatter, Redactor, configure
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, retry_after
 
 from .conftest import (
     API_KEY,
@@ -187,6 +187,7 @@ def test_token_bucket() -> None:
     assert limiter.take("t", None) == 0.0  # unlimited
     assert limiter.take("slow", 0.5) == 0.0
     assert limiter.take("slow", 0.5) == pytest.approx(2.0)
+    assert retry_after(float("inf")) == "86400" and retry_after(0.2) == "1"
 
 
 async def test_team_rate_limit(make_client: ClientFactory, provider: FakeProvider) -> None:

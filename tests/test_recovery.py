@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .conftest import JWT_SECRET, free_port, gateway_process, ledger_mismatches, mint
+from .conftest import free_port, gateway_process, ledger_mismatches, mint, serve_env
 
 
 async def test_killed_mid_send_then_restarted(tmp_path: Path) -> None:
@@ -32,18 +31,8 @@ async def test_killed_mid_send_then_restarted(tmp_path: Path) -> None:
     await provider.start_server()
     port = free_port()
     database = str(tmp_path / "gateway.db")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_DATABASE": database,
-            "GATEWAY_JWT_SECRET": JWT_SECRET,
-            "GATEWAY_PROVIDER_URL": str(provider.make_url("/api/v2/sms/send")),
-            "GATEWAY_PROVIDER_API_KEY": "k",
-            "GATEWAY_PROVIDER_USERNAME": "u",
-            "GATEWAY_PROVIDER_PASSWORD": "p",
-            "GATEWAY_PROVIDER_TIMEOUT": "60",
-        }
+    env = serve_env(
+        database, port, str(provider.make_url("/api/v2/sms/send")), provider_timeout="60"
     )
     base = f"http://127.0.0.1:{port}"
     send = {"Authorization": f"Bearer {mint('payments')}", "Idempotency-Key": "otp-77"}

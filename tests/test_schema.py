@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from openapi_spec_validator import validate
 
-from .conftest import JWT_SECRET, free_port, gateway_process, mint
+from .conftest import free_port, gateway_process, mint, serve_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ",".join(
@@ -31,16 +31,7 @@ def test_openapi_document_is_valid() -> None:
 
 async def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_DATABASE": str(tmp_path / "gateway.db"),
-            "GATEWAY_JWT_SECRET": JWT_SECRET,
-            "GATEWAY_SANDBOX": "1",
-            "GATEWAY_SANDBOX_DLR_DELAY": "0.05",
-        }
-    )
+    env = serve_env(str(tmp_path / "gateway.db"), port, sandbox="1", sandbox_dlr_delay="0.05")
     # One token that is a registered team (the sandbox's) and an admin, to reach every operation.
     token = mint("sandbox", "messages:send messages:read admin", exp=2**31 - 1)
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
