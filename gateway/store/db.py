@@ -14,7 +14,7 @@ import aiosqlite
 
 T = TypeVar("T")
 MAX_GROUP = 256  # writes per group commit
-MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql")
+MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql", "schema_5.sql")
 
 
 class Store:

@@ -347,6 +347,12 @@ class ListFilter:
 
 async def list_messages(store: Store, team_id: str, f: ListFilter) -> list[dict[str, Any]]:
     """Newest first; one more row than `limit` is fetched by the caller to know if more exist."""
+    sql, params = list_query(team_id, f)
+    return [resource(r) for r in await store.fetchall(sql, params)]
+
+
+def list_query(team_id: str, f: ListFilter) -> tuple[str, list[Any]]:
+    """The keyset query for a page: every filter is an equality or an id range on an index."""
     clauses = ["team_id = ?"]
     params: list[Any] = [team_id]
     for column, value in (
@@ -367,4 +373,4 @@ async def list_messages(store: Store, team_id: str, f: ListFilter) -> list[dict[
             params.append(bound)
     params.append(f.limit)
     sql = f"SELECT * FROM messages WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608
-    return [resource(r) for r in await store.fetchall(sql, params)]
+    return sql, params
