@@ -18,7 +18,8 @@ MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql", "s
 
 
 class Store:
-    """Owns the database connections; every write goes through `transaction()`."""
+    """Owns the database connections; writes go through `write()` (hot paths, one round trip)
+    or `transaction()` (admin paths, a statement per round trip), never both at once."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -178,12 +179,6 @@ def _transact_group(
 async def execute(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
     """Execute one statement and close its cursor (an open one can hold a lock); rowcount."""
     async with conn.execute(sql, tuple(params)) as cur:
-        return cur.rowcount
-
-
-async def executemany(conn: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> int:
-    """Execute a statement for every row and close the cursor; total rowcount."""
-    async with conn.executemany(sql, [tuple(r) for r in rows]) as cur:
         return cur.rowcount
 
 

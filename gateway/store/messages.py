@@ -14,8 +14,6 @@ from . import outbox
 from .db import Store, execute
 from .rows import resource
 
-FINAL_STATUSES = frozenset({"failed", "delivered", "undelivered"})
-
 
 @dataclass(frozen=True)
 class NewMessage:
