@@ -351,3 +351,29 @@ async def test_bad_idempotency_keys(client: Client) -> None:
             headers={**SEND, "Idempotency-Key": bad},
         )
         await problem(resp, 422, "invalid_idempotency_key")
+
+
+async def test_expired_keys_are_purged_at_start(
+    make_client: ClientFactory, provider: FakeProvider, settings: Settings
+) -> None:
+    import sqlite3
+
+    clock = FixedClock(datetime(2026, 11, 10, 9, 0, tzinfo=UTC))
+    client = await make_client(clock=clock)
+    await create_team(client, "payments")
+    for key in ("old-1", "old-2"):
+        await client.post(
+            "/messages",
+            json={"to": "0788000001", "text": key},
+            headers={**SEND, "Idempotency-Key": key},
+        )
+
+    def keys() -> int:
+        with sqlite3.connect(settings.database) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM idempotency").fetchone()[0])
+
+    assert keys() == 2
+    await make_client(clock=FixedClock(clock.at + timedelta(hours=25)))  # a later start
+    async with asyncio.timeout(5):
+        while keys():
+            await asyncio.sleep(0.02)
