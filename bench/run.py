@@ -318,6 +318,43 @@ async def main_async(options: argparse.Namespace) -> int:
             seconds,
         )
 
+    async def phase(
+        label: str, extras: bool = False
+    ) -> tuple[dict[str, Result], float, tuple[Result | None, list[float]]]:
+        """Forwarder and gateway side by side in alternating rounds (and, with `extras`, the
+        page and the 1,000-recipient send); the gateway's peak RSS."""
+        async with (
+            process(
+                ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
+                forwarder_port,
+                ready_path="/",
+            ),
+            process(["-m", "gateway", "serve"], port, env) as gateway,
+        ):
+            rounds = await alternate(
+                options.rounds,
+                {
+                    "forwarder": forwarder_run,
+                    "gateway": lambda: load(
+                        label, f"{base}/messages", one_recipient, headers, n, seconds
+                    ),
+                },
+            )
+            page, big = None, []
+            if extras:
+                page = await load(
+                    "GET /messages page (limit=50, 4 clients)",
+                    f"{base}/messages?limit=50&status=delivered",
+                    lambda i: {},
+                    headers,
+                    4,
+                    min(seconds, 5),
+                    method="GET",
+                    expect=200,
+                )
+                big = await big_send(base, headers)
+            return rounds, peak_rss_mb(gateway.pid), (page, big)
+
     with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
         env = gateway_env(Path(tmp), provider_url, port)
         assert (
@@ -342,69 +379,18 @@ async def main_async(options: argparse.Namespace) -> int:
         async with process(
             ["-m", "bench.servers", "provider", str(provider_port)], provider_port, ready_path="/"
         ):
-            async with (
-                process(
-                    ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
-                    forwarder_port,
-                    ready_path="/",
-                ),
-                process(["-m", "gateway", "serve"], port, env) as gateway,
-            ):
-                first = await alternate(
-                    options.rounds,
-                    {
-                        "forwarder": forwarder_run,
-                        "empty": lambda: load(
-                            "gateway (empty database)",
-                            f"{base}/messages",
-                            one_recipient,
-                            headers,
-                            n,
-                            seconds,
-                        ),
-                    },
-                )
-                rss = peak_rss_mb(gateway.pid)
+            first, rss, _ = await phase("gateway (empty database)")
             preload_seconds = 0.0
             if options.preload:
                 print(f"preloading {options.preload:,} messages ...", file=sys.stderr, flush=True)
                 preload_seconds = preload(str(Path(tmp) / "bench.db"), options.preload)
-            async with (
-                process(
-                    ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
-                    forwarder_port,
-                    ready_path="/",
-                ),
-                process(["-m", "gateway", "serve"], port, env) as gateway,
-            ):
-                second = await alternate(
-                    options.rounds,
-                    {
-                        "forwarder": forwarder_run,
-                        "full": lambda: load(
-                            f"gateway ({options.preload:,} stored)",
-                            f"{base}/messages",
-                            one_recipient,
-                            headers,
-                            n,
-                            seconds,
-                        ),
-                    },
-                )
-                page = await load(
-                    "GET /messages page (limit=50, 4 clients)",
-                    f"{base}/messages?limit=50&status=delivered",
-                    lambda i: {},
-                    headers,
-                    4,
-                    min(seconds, 5),
-                    method="GET",
-                    expect=200,
-                )
-                big = await big_send(base, headers)
-                rss = max(rss, peak_rss_mb(gateway.pid))
-    forwarder, empty = first["forwarder"], first["empty"]
-    forwarder_later, full = second["forwarder"], second["full"]
+            second, rss_full, (page, big) = await phase(
+                f"gateway ({options.preload:,} stored)", extras=True
+            )
+            rss = max(rss, rss_full)
+    assert page is not None
+    forwarder, empty = first["forwarder"], first["gateway"]
+    forwarder_later, full = second["forwarder"], second["gateway"]
     ratio = empty.rate / forwarder.rate
     p99_ratio = empty.pct(0.99) / forwarder.pct(0.99)
     # The preloaded run is compared with the empty one through the forwarder run beside each,
