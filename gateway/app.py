@@ -62,8 +62,6 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app[CLOCK] = clock
     app[TIMEZONE] = ZoneInfo(settings.timezone)
     app[OPENAPI] = resources.files("gateway").joinpath("openapi.yaml").read_bytes()
-    # Checked here, not at first request, so a bad key stops start-up.
-    app[AUTH] = Authenticator(settings, None)
     app.cleanup_ctx.append(_resources)
     setup_routes(app)
     return app

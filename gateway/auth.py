@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import Forbidden, Unauthenticated
-from .settings import ConfigError, Settings
+from .settings import Settings
 
 log = logging.getLogger("gateway.auth")
 
@@ -78,11 +78,8 @@ class Authenticator:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._public_key: Any = None
-        if settings.jwt_public_key:
-            try:
-                self._public_key = load_pem_public_key(settings.jwt_public_key.encode())
-            except ValueError:
-                raise ConfigError("GATEWAY_JWT_PUBLIC_KEY is not a PEM public key") from None
+        if settings.jwt_public_key:  # checked by Settings.validate
+            self._public_key = load_pem_public_key(settings.jwt_public_key.encode())
         self._verified: dict[str, tuple[Principal, float, float]] = {}
         self._jwks = (
             JWKSCache(session, settings.jwks_url, settings.jwks_min_refresh)

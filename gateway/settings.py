@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 PREFIX = "GATEWAY_"
 DEFAULT_PROVIDER_URL = "https://bulksms.schooldream.co.rw/api/v2/sms/send"
 DEFAULT_RETRY_SCHEDULE = (0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -122,6 +124,11 @@ class Settings:
                 f"{', '.join(sorted(algorithms - symmetric))} needs "
                 "GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL"
             )
+        if self.jwt_public_key:
+            try:
+                load_pem_public_key(self.jwt_public_key.encode())
+            except ValueError:
+                raise ConfigError("GATEWAY_JWT_PUBLIC_KEY is not a PEM public key") from None
         if self.jwt_secret and not symmetric:
             raise ConfigError("GATEWAY_JWT_SECRET is set but GATEWAY_JWT_ALGORITHMS allows no HS*")
         try:

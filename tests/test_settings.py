@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.settings import ConfigError, Settings
 
+BAD_PEM = "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n"
 BASE = {
     "GATEWAY_PROVIDER_API_KEY": "k",
     "GATEWAY_PROVIDER_USERNAME": "u",
@@ -69,7 +72,8 @@ def test_toml_file_and_environment_precedence(tmp_path: Path) -> None:
 
 def test_pem_path_is_read(tmp_path: Path) -> None:
     pem = tmp_path / "key.pem"
-    pem.write_text("-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n")
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem.write_bytes(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     s = Settings.from_env(
         {
             **BASE,
@@ -95,6 +99,14 @@ def test_pem_path_is_read(tmp_path: Path) -> None:
         ({"GATEWAY_PUBLIC_URL": "gateway.internal"}, "GATEWAY_PUBLIC_URL must be an http"),
         ({"GATEWAY_SANDBOX": "maybe"}, "GATEWAY_SANDBOX must be a boolean"),
         ({"GATEWAY_JWT_PUBLIC_KEY": "/no/such/file.pem"}, "cannot read"),
+        (
+            {
+                "GATEWAY_JWT_ALGORITHMS": "RS256",
+                "GATEWAY_JWT_SECRET": "",
+                "GATEWAY_JWT_PUBLIC_KEY": BAD_PEM,
+            },
+            "not a PEM public key",
+        ),
     ],
 )
 def test_unusable_settings(change: dict[str, str], message: str) -> None:

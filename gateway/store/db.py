@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -18,16 +17,14 @@ MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql", "s
 
 
 class Store:
-    """Owns the database connections; writes go through `write()` (hot paths, one round trip)
-    or `transaction()` (admin paths, a statement per round trip), never both at once."""
+    """Owns the database connections; every write goes through `write()` (or `run()`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        # One connection writes; the lock keeps concurrent coroutines from interleaving statements
-        # of their transactions on it. BEGIN IMMEDIATE also serialises against other processes.
-        self._write_lock = asyncio.Lock()
+        # One connection writes, a group of writes at a time (see write()); BEGIN IMMEDIATE
+        # serialises against other processes.
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -37,7 +34,7 @@ class Store:
         if self.path == ":memory:":
             self._reader = self._writer  # a second :memory: connection would be another database
         else:
-            await execute(self._writer, "PRAGMA journal_mode=WAL")
+            await _pragma(self._writer, "journal_mode=WAL")
             self._reader = await self._connect()
         await self._migrate()
 
@@ -45,7 +42,7 @@ class Store:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         for pragma in ("busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
-            await execute(conn, f"PRAGMA {pragma}")
+            await _pragma(conn, pragma)
         return conn
 
     async def close(self) -> None:
@@ -62,27 +59,13 @@ class Store:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction; commits on success, rolls back on any exception."""
-        assert self._writer is not None, "store is not open"
-        async with self._write_lock:
-            conn = self._writer
-            await execute(conn, "BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                await execute(conn, "ROLLBACK")
-                raise
-            await execute(conn, "COMMIT")
-
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(connection, *args)` atomically on the database thread; its result.
 
         Writes that arrive while one is running are grouped: the next round trip runs them all,
         each in its own savepoint of one transaction, with one COMMIT (group commit). An error
-        in one rolls back only that one. The lock is held only while SQLite works, never while
-        the event loop gets around to the next statement.
+        in one rolls back only that one. One group runs at a time, and only for as long as
+        SQLite works: no transaction stays open while the event loop does something else.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, args, future))
@@ -96,19 +79,18 @@ class Store:
         raw = self._writer._conn  # the sqlite3 connection aiosqlite runs on its own thread
         while self._pending:
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-            async with self._write_lock:
-                try:
-                    # aiosqlite's own way to run a callable on its thread (no public one exists).
-                    outcomes = await self._writer._execute(  # type: ignore[no-untyped-call]
-                        _transact_group, raw, [(fn, args) for fn, args, _ in group]
-                    )
-                except BaseException as exc:  # the COMMIT itself failed: every write did
-                    for _, _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
+            try:
+                # aiosqlite's own way to run a callable on its thread (no public one exists).
+                outcomes = await self._writer._execute(  # type: ignore[no-untyped-call]
+                    _transact_group, raw, [(fn, args) for fn, args, _ in group]
+                )
+            except BaseException as exc:  # the COMMIT itself failed: every write did
+                for _, _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
             for (_, _, future), (ok, value) in zip(group, outcomes, strict=True):
                 if future.done():
                     continue
@@ -127,31 +109,38 @@ class Store:
         return list(await self.reader.execute_fetchall(sql, tuple(params)))
 
     async def _migrate(self) -> None:
-        async with self.transaction() as conn:
-            async with conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            for number, name in enumerate(MIGRATIONS, start=1):
-                if number <= version:
-                    continue
-                script = resources.files("gateway.store").joinpath(name).read_text()
-                for statement in _statements(script):
-                    await execute(conn, statement)
-                await execute(conn, f"PRAGMA user_version={number}")
+        await self.write(_migrate)
+
+    async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """One write statement, atomically (grouped with other writes); its rowcount."""
+        return await self.write(_run, sql, tuple(params))
 
     async def secret(self, name: str) -> bytes:
         """A random 32-byte key kept in the database, made on first use (e.g. for DLR tokens)."""
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
         if row is None:
-            async with self.transaction() as conn:
-                await execute(
-                    conn,
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
-                    (name, secrets.token_hex(32)),
-                )
+            await self.run(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+                (name, secrets.token_hex(32)),
+            )
             row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
         assert row is not None
         return bytes.fromhex(row["value"])
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to `len(MIGRATIONS)`, recorded in PRAGMA user_version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, name in enumerate(MIGRATIONS, start=1):
+        if number > version:
+            script = resources.files("gateway.store").joinpath(name).read_text()
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
 
 
 def _transact_group(
@@ -176,10 +165,10 @@ def _transact_group(
     return outcomes
 
 
-async def execute(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> int:
-    """Execute one statement and close its cursor (an open one can hold a lock); rowcount."""
-    async with conn.execute(sql, tuple(params)) as cur:
-        return cur.rowcount
+async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
+    """Run a PRAGMA and close its cursor (an open one can hold a lock)."""
+    async with conn.execute(f"PRAGMA {pragma}"):
+        pass
 
 
 def _statements(script: str) -> list[str]:

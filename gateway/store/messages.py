@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import quota
 from . import outbox
-from .db import Store, execute
+from .db import Store
 from .rows import resource
 
 
@@ -274,13 +274,11 @@ async def remember_answer(
     store: Store, team_id: str, key: str, status: int, content_type: str, body: str
 ) -> None:
     """Store the first answer under its Idempotency-Key, to be replayed while the key lives."""
-    async with store.transaction() as conn:
-        await execute(
-            conn,
-            "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?"
-            " WHERE team_id = ? AND key = ?",
-            (status, content_type, body, team_id, key),
-        )
+    await store.run(
+        "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?"
+        " WHERE team_id = ? AND key = ?",
+        (status, content_type, body, team_id, key),
+    )
 
 
 async def stranded_claims(store: Store) -> list[tuple[str, str, str | None]]:
@@ -293,23 +291,20 @@ async def stranded_claims(store: Store) -> list[tuple[str, str, str | None]]:
 
 async def forget_expired_keys(store: Store, live_after: str) -> int:
     """Delete Idempotency-Keys created before `live_after`."""
-    async with store.transaction() as conn:
-        return await execute(
-            conn, "DELETE FROM idempotency WHERE created_at < ? AND state = 'done'", (live_after,)
-        )
+    return await store.run(
+        "DELETE FROM idempotency WHERE created_at < ? AND state = 'done'", (live_after,)
+    )
 
 
 async def mark_stranded_unknown(store: Store, at: str) -> int:
     """Messages left `sending` by a process that died mid-send become `unknown` (still charged)."""
-    async with store.transaction() as conn:
-        return await execute(
-            conn,
-            "UPDATE messages SET status = 'unknown', error_code = 'interrupted',"
-            " error_detail = 'the gateway stopped before the provider answered',"
-            " events = json_insert(events, '$[#]', json_object('status', 'unknown', 'at', ?))"
-            " WHERE status = 'sending'",
-            (at,),
-        )
+    return await store.run(
+        "UPDATE messages SET status = 'unknown', error_code = 'interrupted',"
+        " error_detail = 'the gateway stopped before the provider answered',"
+        " events = json_insert(events, '$[#]', json_object('status', 'unknown', 'at', ?))"
+        " WHERE status = 'sending'",
+        (at,),
+    )
 
 
 async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import aiosqlite
 
 from ..clock import iso, parse_iso
 from ..ids import ulid
-from .db import Store, execute
+from .db import Store
 from .rows import resource
 
 FINAL_STATES = {"D": "delivered", "U": "undelivered"}
@@ -233,15 +233,13 @@ async def record_attempt(
         status, next_at = "pending", iso(at + timedelta(seconds=retry_in))
     else:
         status, next_at = "failed", None
-    async with store.transaction() as conn:
-        await execute(
-            conn,
-            "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-            " last_status = ?, last_error = ?,"
-            " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
-            " WHERE id = ?",
-            (status, next_at, http_status, error, status, iso(at), webhook_id),
-        )
+    await store.run(
+        "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+        " last_status = ?, last_error = ?,"
+        " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
+        " WHERE id = ?",
+        (status, next_at, http_status, error, status, iso(at), webhook_id),
+    )
 
 
 def webhook_resource(row: aiosqlite.Row) -> dict[str, Any]:
@@ -283,13 +281,10 @@ async def list_webhooks(
 
 async def retry_webhook(store: Store, webhook_id: str, at: datetime) -> dict[str, Any] | None:
     """Put a webhook back in the queue, due now, with a fresh retry schedule."""
-    async with store.transaction() as conn:
-        changed = await execute(
-            conn,
-            "UPDATE webhooks SET status = 'pending', attempts = 0, next_attempt_at = ?"
-            " WHERE id = ?",
-            (iso(at), webhook_id),
-        )
+    changed = await store.run(
+        "UPDATE webhooks SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE id = ?",
+        (iso(at), webhook_id),
+    )
     if not changed:
         return None
     row = await store.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))

@@ -14,7 +14,7 @@ import aiosqlite
 
 from ..clock import iso
 from ..errors import Conflict, NotFound
-from .db import Store, execute
+from .db import Store
 
 TEAM_FIELDS = (
     "name",
@@ -84,25 +84,23 @@ async def create_team(store: Store, team_id: str, fields: dict[str, Any], now: d
     """Insert a team; Conflict if the id is taken."""
     values = {"name": team_id, "active": True, **fields}
     try:
-        async with store.transaction() as conn:
-            await execute(
-                conn,
-                "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
-                " rate_limit_per_second, callback_url, webhook_secret, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    team_id,
-                    values["name"],
-                    int(values["active"]),
-                    values.get("daily_limit"),
-                    values.get("monthly_limit"),
-                    values.get("monthly_budget"),
-                    values.get("rate_limit_per_second"),
-                    values.get("callback_url"),
-                    new_webhook_secret(),
-                    iso(now),
-                ),
-            )
+        await store.run(
+            "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
+            " rate_limit_per_second, callback_url, webhook_secret, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                team_id,
+                values["name"],
+                int(values["active"]),
+                values.get("daily_limit"),
+                values.get("monthly_limit"),
+                values.get("monthly_budget"),
+                values.get("rate_limit_per_second"),
+                values.get("callback_url"),
+                new_webhook_secret(),
+                iso(now),
+            ),
+        )
     except sqlite3.IntegrityError:
         raise Conflict(f"team {team_id!r} already exists", code="team_exists") from None
     return await get_team(store, team_id)
@@ -132,37 +130,22 @@ async def update_team(store: Store, team_id: str, fields: dict[str, Any]) -> Tea
     changes = {k: v for k, v in fields.items() if k in TEAM_FIELDS}
     if "active" in changes:
         changes["active"] = int(bool(changes["active"]))
-    async with store.transaction() as conn:
-        if changes:
-            assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
-            found = (
-                await execute(
-                    conn,
-                    f"UPDATE teams SET {assignments} WHERE id = ?",  # noqa: S608
-                    (*changes.values(), team_id),
-                )
-                > 0
-            )
-        else:
-            async with conn.execute("SELECT 1 FROM teams WHERE id = ?", (team_id,)) as cur:
-                found = await cur.fetchone() is not None
-    if not found:
-        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    if changes:
+        assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
+        updated = await store.run(
+            f"UPDATE teams SET {assignments} WHERE id = ?",  # noqa: S608
+            (*changes.values(), team_id),
+        )
+        if not updated:
+            raise NotFound(f"no team {team_id!r}", code="team_not_found")
     return await get_team(store, team_id)
 
 
 async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
     """Give the team a new webhook secret and return it (with the secret)."""
-    async with store.transaction() as conn:
-        found = (
-            await execute(
-                conn,
-                "UPDATE teams SET webhook_secret = ? WHERE id = ?",
-                (new_webhook_secret(), team_id),
-            )
-            > 0
-        )
-    if not found:
+    if not await store.run(
+        "UPDATE teams SET webhook_secret = ? WHERE id = ?", (new_webhook_secret(), team_id)
+    ):
         raise NotFound(f"no team {team_id!r}", code="team_not_found")
     return await get_team(store, team_id)
 
