@@ -14,11 +14,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_iso_second: tuple[datetime | None, str] = (None, "")  # the last whole second, formatted
+
+
 def iso(at: datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-24T08:00:00.000Z."""
     if at.tzinfo is not UTC:
         at = at.astimezone(UTC)
-    return at.isoformat(timespec="milliseconds")[:23] + "Z"
+    global _iso_second
+    second = at.replace(microsecond=0)
+    cached, text = _iso_second
+    if second != cached:
+        text = second.isoformat()[:19]
+        _iso_second = (second, text)
+    return f"{text}.{at.microsecond // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> datetime:
@@ -29,10 +38,19 @@ def parse_iso(text: str) -> datetime:
     return value
 
 
+_period_cache: dict[ZoneInfo, tuple[datetime, datetime, tuple[str, str]]] = {}
+
+
 def periods(at: datetime, tz: ZoneInfo) -> tuple[str, str]:
     """The quota day ('2026-11-24') and month ('2026-11') that instant `at` falls in."""
+    cached = _period_cache.get(tz)
+    if cached is not None and cached[0] <= at < cached[1]:
+        return cached[2]
     local = at.astimezone(tz)
-    return local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+    names = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+    # Valid from this instant (not local midnight, which a DST gap can move) to the next day.
+    _period_cache[tz] = (at, next_day_start(at, tz), names)
+    return names
 
 
 def next_day_start(at: datetime, tz: ZoneInfo) -> datetime:

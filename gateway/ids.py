@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import random
 import threading
 from datetime import datetime
@@ -12,16 +11,14 @@ _MAX_MILLIS = (1 << 48) - 1
 _MAX_RANDOM = (1 << 80) - 1
 
 
-# Crockford base32 through the C base32 codec: RFC 4648's alphabet, translated.
-_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+# Crockford base32, ten bits (two characters) at a time through a table.
+_PAIRS = tuple(_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024))
 
 
 def _encode(value: int, length: int) -> str:
-    """`value` as `length` Crockford base32 characters (5 bits each, most significant first)."""
-    bits = length * 5
-    pad = -bits % 8  # shift left so the characters fall on whole bytes
-    raw = (value << pad).to_bytes((bits + pad) // 8, "big")
-    return base64.b32encode(raw).decode()[:length].translate(_TO_CROCKFORD)
+    """`value` as `length` (even) Crockford base32 characters, most significant first."""
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(length * 5 - 10, -1, -10)])
 
 
 def _millis(at: datetime) -> int:
@@ -34,6 +31,7 @@ class _Monotonic:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last = (0, 0)
+        self._prefix = _encode(0, 10)  # the time part of the last id, reused within its ms
         # Ids need to be unique and ordered, not secret (access is checked on every read), so a
         # PRNG seeded from the OS is enough and spares a system call per id.
         self._random = random.Random()
@@ -46,10 +44,12 @@ class _Monotonic:
                 # Same (or an earlier) millisecond: step the random part so order is kept.
                 millis, rand = last_millis, last_random + 1 + self._random.getrandbits(16)
                 rand = min(rand, _MAX_RANDOM)
+                prefix = self._prefix
             else:
                 rand = self._random.getrandbits(79)  # headroom for increments
+                prefix = self._prefix = _encode(millis, 10)
             self._last = (millis, rand)
-        return _encode(millis, 10) + _encode(rand, 16)
+        return prefix + _encode(rand, 16)
 
 
 ulid = _Monotonic().next

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 
@@ -63,7 +63,10 @@ class ProviderClient:
         self._metrics = metrics
         self._session = session
         self._url = url
-        self._credentials = {"api_key": api_key, "username": username, "password": password}
+        # The credentials part of every form body, encoded once.
+        self._form_prefix = urlencode(
+            {"api_key": api_key, "username": username, "password": password}
+        )
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def send(
@@ -81,13 +84,17 @@ class ProviderClient:
     async def _send(
         self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None
     ) -> SendResult:
-        form = {**self._credentials, "recipients": ",".join(recipients), "message": message}
+        parts = [
+            self._form_prefix,
+            "recipients=" + quote_plus(",".join(recipients), safe=""),
+            "message=" + quote_plus(message, safe=""),
+        ]
         if sender:
-            form["sender"] = sender
+            parts.append("sender=" + quote_plus(sender, safe=""))
         if dlrurl:
-            form["dlrurl"] = dlrurl
+            parts.append("dlrurl=" + quote_plus(dlrurl, safe=""))
         try:
-            body = urlencode(form).encode()
+            body = "&".join(parts).encode()
             async with self._session.post(
                 self._url, data=body, timeout=self._timeout, headers=_FORM
             ) as resp:

@@ -399,20 +399,22 @@ async def _deliver(
         for chunk, result in zip(chunks, results, strict=True)
         for message in chunk
     ]
-    stored = await store_messages.settle(
+    stored, queued = await store_messages.settle(
         ctx.store, batch, outcomes, webhook_delay=settings.webhook_retry_schedule[0]
     )
-    ctx.webhooks_queued()
+    if queued:
+        ctx.webhooks_queued()
     for status, count in Counter(o.status for o in outcomes).items():
         ctx.metrics.messages.labels(status).inc(count)
-    log.info(
-        "batch %s for team %s: %d recipients in %d provider call(s): %s",
-        batch.batch_id,
-        team_id,
-        len(batch.messages),
-        len(chunks),
-        ", ".join(sorted({o.status for o in outcomes})),
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "batch %s for team %s: %d recipients in %d provider call(s): %s",
+            batch.batch_id,
+            team_id,
+            len(batch.messages),
+            len(chunks),
+            ", ".join(sorted({o.status for o in outcomes})),
+        )
     if all(r.failure is not None for r in results):
         raise _provider_failure(results, batch.batch_id, stored)
     return {

@@ -138,6 +138,34 @@ async def test_provider_failure_modes(
         assert "Insufficient balance" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("mode", "status"), [("success", 201), ("partial", 201), ("error", 502), ("html", 504)]
+)
+async def test_answer_is_exactly_what_is_stored(
+    client: Client, provider: FakeProvider, mode: str, status: int
+) -> None:
+    """The send's answer is built without reading the rows back; it must equal what GET shows."""
+    provider.mode = mode
+    resp = await send(
+        client,
+        {
+            "to": ["0788123456", "0788123413", "0788123457"],
+            "text": "Muraho ✓",
+            "sender": "Payments",
+            "reference": "order-17",
+            "callback_url": "https://hooks.example.com/sms",
+        },
+    )
+    assert resp.status == status
+    body = await resp.json()
+    assert len(body["messages"]) == 3
+    for message in body["messages"]:
+        stored = await client.get(f"/messages/{message['id']}", headers=SEND)
+        assert await stored.json() == message
+    listed = await (await client.get(f"/messages?batch_id={body['batch_id']}", headers=SEND)).json()
+    assert listed["data"] == body["messages"][::-1]
+
+
 async def test_provider_timeout_leaves_messages_unknown(
     make_client: ClientFactory, provider: FakeProvider
 ) -> None:

@@ -7,7 +7,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import quota
 from . import outbox
@@ -204,9 +204,42 @@ async def reserve(
     return await store.write(_reserve, batch, claim)
 
 
+class Settled(NamedTuple):
+    """The batch's messages as the API now shows them, and how many webhooks were queued."""
+
+    messages: list[dict[str, Any]]
+    webhooks_queued: int
+
+
+def _settled_message(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
+    """What `_settle` wrote for one message, as the API shows it, without reading it back."""
+    return {
+        "id": message.id,
+        "batch_id": batch.batch_id,
+        "to": message.recipient,
+        "text": batch.text,
+        "sender": batch.sender,
+        "reference": batch.reference,
+        "status": o.status,
+        "segments": message.segments,
+        "encoding": batch.encoding,
+        "cost": o.cost,
+        "currency": "RWF",
+        "provider_message_id": o.provider_message_id,
+        "error": {"code": o.error_code, "detail": o.error_detail} if o.error_code else None,
+        "created_at": batch.created_at,
+        "sent_at": o.at if o.status == "sent" else None,
+        "completed_at": o.at if o.status == "failed" else None,
+        "events": [
+            {"status": "sending", "at": batch.created_at},
+            {"status": o.status, "at": o.at},
+        ],
+    }
+
+
 def _settle(
     conn: sqlite3.Connection, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float
-) -> list[dict[str, Any]]:
+) -> Settled:
     reserved = {m.id: m for m in batch.messages}
     deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for o in outcomes:
@@ -217,7 +250,7 @@ def _settle(
             delta[0] += d_messages
             delta[1] += o.charged_segments - r.segments
             delta[2] += o.cost - r.cost
-    conn.executemany(
+    updated = conn.executemany(
         "UPDATE messages SET status = ?, charged_segments = ?, cost = ?,"
         " provider_message_id = ?, error_code = ?, error_detail = ?,"
         " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
@@ -242,30 +275,48 @@ def _settle(
             )
             for o in outcomes
         ],
-    )
+    ).rowcount
     _bump(
         conn,
         [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
     )
     at = outcomes[0].at if outcomes else batch.created_at
+    applied = 0
     if any(o.status in ("sent", "unknown") for o in outcomes):
-        outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
+        applied = outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
+    if applied or updated != len(batch.messages):
+        # Early delivery reports (or another writer) moved some rows on: read them as stored.
+        messages = _batch_messages(conn, batch.team_id, batch.batch_id)
+    else:
+        messages = [_settled_message(batch, reserved[o.message_id], o) for o in outcomes]
+    team_urls: dict[str, str | None] = {}
+    queued = applied + sum(
+        outbox.enqueue_webhook(
+            conn, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
+        )
+        for m in messages
+        if m["status"] == "failed"
+    )
+    return Settled(messages, queued)
+
+
+def _batch_messages(conn: sqlite3.Connection, team_id: str, batch_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
-        (batch.team_id, batch.batch_id),
+        (team_id, batch_id),
     ).fetchall()
-    outbox.enqueue_webhooks(conn, [r for r in rows if r["status"] == "failed"], at, webhook_delay)
     return [resource(r) for r in rows]
 
 
 async def settle(
     store: Store, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float = 0.0
-) -> list[dict[str, Any]]:
+) -> Settled:
     """Apply the provider's outcomes and move the counters by the difference to the reservation.
 
     In the same transaction: webhooks for the messages that failed are queued, and delivery
     reports that arrived before this answer was stored are applied. Returns the batch's
-    messages as they now are.
+    messages as they now are, and the number of webhooks queued (the worker needs waking
+    only if there are some).
     """
     return await store.write(_settle, batch, outcomes, webhook_delay)
 

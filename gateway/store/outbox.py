@@ -39,42 +39,55 @@ def enqueue_webhooks(
     conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], at: str, delay: float
 ) -> int:
     """Queue one webhook per message row that reached a webhook state and has a URL to go to."""
-    queued = 0
     team_urls: dict[str, str | None] = {}
-    for row in rows:
-        if row["status"] not in WEBHOOK_EVENTS:
-            continue
-        team_id = row["team_id"]
-        if team_id not in team_urls:
-            team = conn.execute(
-                "SELECT callback_url FROM teams WHERE id = ?", (team_id,)
-            ).fetchone()
-            team_urls[team_id] = team["callback_url"] if team else None
-        url = row["callback_url"] or team_urls[team_id]
-        if not url:
-            continue
-        event = f"message.{row['status']}"
-        payload = json.dumps(
-            {"type": event, "timestamp": at, "data": resource(row)},
-            ensure_ascii=False,
-            separators=(",", ":"),
+    return sum(
+        enqueue_webhook(
+            conn, row["team_id"], resource(row), row["callback_url"], at, delay, team_urls
         )
-        conn.execute(
-            "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
-            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-            (
-                "whk_" + ulid(parse_iso(at)),
-                row["id"],
-                team_id,
-                event,
-                url,
-                payload,
-                _after(at, delay),
-                at,
-            ),
-        )
-        queued += 1
-    return queued
+        for row in rows
+    )
+
+
+def enqueue_webhook(
+    conn: sqlite3.Connection,
+    team_id: str,
+    message: dict[str, Any],
+    callback_url: str | None,
+    at: str,
+    delay: float,
+    team_urls: dict[str, str | None],
+) -> int:
+    """Queue the webhook for one message (as the API shows it) if its state calls for one and
+    it has a URL (its own, else its team's; `team_urls` caches the teams'); 1 if queued."""
+    if message["status"] not in WEBHOOK_EVENTS:
+        return 0
+    if team_id not in team_urls:
+        team = conn.execute("SELECT callback_url FROM teams WHERE id = ?", (team_id,)).fetchone()
+        team_urls[team_id] = team["callback_url"] if team else None
+    url = callback_url or team_urls[team_id]
+    if not url:
+        return 0
+    event = f"message.{message['status']}"
+    payload = json.dumps(
+        {"type": event, "timestamp": at, "data": message},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    conn.execute(
+        "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        (
+            "whk_" + ulid(parse_iso(at)),
+            message["id"],
+            team_id,
+            event,
+            url,
+            payload,
+            _after(at, delay),
+            at,
+        ),
+    )
+    return 1
 
 
 def _apply(
@@ -160,17 +173,21 @@ async def receive_report(store: Store, report: Report, at: str, delay: float) ->
     return await store.write(_receive, report, at, delay)
 
 
-def apply_pending_reports(conn: sqlite3.Connection, batch_id: str, at: str, delay: float) -> None:
-    """Apply the reports that arrived before this batch's send answer was stored."""
+def apply_pending_reports(conn: sqlite3.Connection, batch_id: str, at: str, delay: float) -> int:
+    """Apply the reports that arrived before this batch's send answer was stored; how many
+    were applied (each may have queued a webhook)."""
     waiting = conn.execute(
         "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
         (batch_id,),
     ).fetchall()
+    applied = 0
     for row in waiting:
         report = Report(row["batch_id"], row["provider_message_id"], row["recipient"], row["state"])
         outcome, message_id = _apply(conn, report, at, delay)
         if outcome != "pending":
             _settle_report(conn, row["id"], outcome, message_id, at)
+        applied += outcome == "applied"
+    return applied
 
 
 # --- the worker's side ------------------------------------------------------------------------
