@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+
+from .jsonio import dumps
 
 log = logging.getLogger("gateway")
 
@@ -154,7 +155,7 @@ def problem_response(
     """Build an RFC 9457 problem+json answer."""
     return web.Response(
         status=status,
-        text=json.dumps(problem_body(status, code, title, detail, instance=instance, extra=extra)),
+        body=dumps(problem_body(status, code, title, detail, instance=instance, extra=extra)),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=dict(headers or {}),
     )

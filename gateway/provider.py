@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -14,6 +13,7 @@ from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 
+from .jsonio import loads
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.provider")
@@ -117,8 +117,8 @@ def _interpret(status: int, body: bytes) -> SendResult:
     """Turn the provider's HTTP answer into a SendResult, defensively."""
     data: Any = None
     try:
-        data = json.loads(body) if body.strip() else None
-    except (ValueError, UnicodeDecodeError):
+        data = loads(body) if body.strip() else None
+    except ValueError:
         data = None
     message = _text(data.get("message")) if isinstance(data, dict) else None
     if isinstance(data, dict) and str(data.get("status", "")).lower() == "error":

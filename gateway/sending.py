@@ -34,6 +34,7 @@ from .errors import (
     problem_body,
 )
 from .ids import ulid
+from .jsonio import dumps
 from .metrics import Metrics
 from .provider import ProviderClient, SendResult
 from .settings import Settings
@@ -58,14 +59,9 @@ class Answer:
     """What POST /messages answers: status, serialised body, and whether it is a replay."""
 
     status: int
-    body: str
+    body: bytes
     content_type: str = JSON
     replayed: bool = False
-
-
-def dumps(data: Any) -> str:
-    """The API's JSON serialisation."""
-    return json.dumps(data, ensure_ascii=False)
 
 
 def check_idempotency_key(value: str | None) -> str | None:
@@ -320,7 +316,7 @@ def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
             code="idempotency_in_flight",
             headers={"Retry-After": "1"},
         )
-    return Answer(prior.status, prior.body, prior.content_type or JSON, replayed=True)
+    return Answer(prior.status, prior.body.encode(), prior.content_type or JSON, replayed=True)
 
 
 def _quota_error(refusal: quota.Refusal, now: datetime, tz: ZoneInfo) -> QuotaExceeded:

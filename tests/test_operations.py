@@ -75,7 +75,10 @@ async def test_metrics_move_with_traffic(
     async with asyncio.timeout(5):
         while True:  # each attempt is recorded just after the receiver answers
             s = await scrape(client)
-            if value(s, "gateway_webhook_attempts_total", result="delivered") == 2:
+            if (
+                value(s, "gateway_webhook_attempts_total", result="delivered") == 2
+                and value(s, "gateway_webhook_attempts_total", result="failed") == 1
+            ):
                 break
             await asyncio.sleep(0.02)
     assert (

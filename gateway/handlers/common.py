@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ..auth import Principal, bearer_token, require_scope
 from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited
+from ..jsonio import dumps, loads
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..ratelimit import retry_after
 from ..store.teams import Team
@@ -19,7 +19,7 @@ def json_response(
 ) -> web.Response:
     """A JSON answer."""
     return web.Response(
-        text=json.dumps(data, ensure_ascii=False),
+        body=dumps(data),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -32,8 +32,8 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidJSON("the request body is empty; a JSON object is expected")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return loads(raw)
+    except ValueError as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 
 

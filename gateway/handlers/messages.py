@@ -36,7 +36,7 @@ async def create_message(request: web.Request) -> web.Response:
         body_hash=request_hash(body) if key else "",
     )
     return web.Response(
-        text=answer.body,
+        body=answer.body,
         status=answer.status,
         content_type=answer.content_type,
         headers={"Idempotent-Replayed": "true"} if answer.replayed else None,

@@ -322,13 +322,13 @@ async def settle(
 
 
 async def remember_answer(
-    store: Store, team_id: str, key: str, status: int, content_type: str, body: str
+    store: Store, team_id: str, key: str, status: int, content_type: str, body: bytes
 ) -> None:
     """Store the first answer under its Idempotency-Key, to be replayed while the key lives."""
     await store.run(
         "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?"
         " WHERE team_id = ? AND key = ?",
-        (status, content_type, body, team_id, key),
+        (status, content_type, body.decode(), team_id, key),
     )
 
 

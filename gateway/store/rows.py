@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiosqlite
+
+from ..jsonio import loads
 
 
 def resource(row: aiosqlite.Row) -> dict[str, Any]:
@@ -30,5 +31,5 @@ def resource(row: aiosqlite.Row) -> dict[str, Any]:
         "created_at": row["created_at"],
         "sent_at": row["sent_at"],
         "completed_at": row["completed_at"],
-        "events": json.loads(row["events"]),
+        "events": loads(row["events"]),
     }
