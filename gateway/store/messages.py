@@ -77,21 +77,6 @@ class Outcome:
     error_detail: str | None = None
 
 
-def _usage(conn: sqlite3.Connection, team_id: str, day: str, month: str) -> quota.Usage:
-    rows = {
-        r["period"]: r
-        for r in conn.execute(
-            "SELECT period, segments, cost FROM usage WHERE team_id = ? AND period IN (?, ?)",
-            (team_id, day, month),
-        )
-    }
-    return quota.Usage(
-        day_segments=rows[day]["segments"] if day in rows else 0,
-        month_segments=rows[month]["segments"] if month in rows else 0,
-        month_cost=rows[month]["cost"] if month in rows else 0,
-    )
-
-
 def _bump(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, int]]) -> None:
     """Add (messages, segments, cost) deltas to (team, period) counters."""
     conn.executemany(
@@ -131,18 +116,27 @@ def _reserve(
         prior = _claimed(conn, batch.team_id, claim)
         if prior is not None:
             return prior
+    # The team's limits and its counters for both periods, in one statement.
     team = conn.execute(
-        "SELECT active, daily_limit, monthly_limit, monthly_budget FROM teams WHERE id = ?",
-        (batch.team_id,),
+        "SELECT t.active, t.daily_limit, t.monthly_limit, t.monthly_budget,"
+        " d.segments AS day_segments, m.segments AS month_segments, m.cost AS month_cost"
+        " FROM teams t"
+        " LEFT JOIN usage d ON d.team_id = t.id AND d.period = ?"
+        " LEFT JOIN usage m ON m.team_id = t.id AND m.period = ?"
+        " WHERE t.id = ?",
+        (batch.day, batch.month, batch.team_id),
     ).fetchone()
     if team is None or not team["active"]:
         raise TeamInactive(batch.team_id)
     segments = sum(m.segments for m in batch.messages)
     cost = sum(m.cost for m in batch.messages)
     limits = quota.Limits(team["daily_limit"], team["monthly_limit"], team["monthly_budget"])
-    refusal = quota.check(
-        limits, _usage(conn, batch.team_id, batch.day, batch.month), segments, cost
+    used = quota.Usage(
+        day_segments=team["day_segments"] or 0,
+        month_segments=team["month_segments"] or 0,
+        month_cost=team["month_cost"] or 0,
     )
+    refusal = quota.check(limits, used, segments, cost)
     if refusal is not None:
         return refusal
     if claim is not None:
