@@ -41,11 +41,13 @@ from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
 from .store.teams import TeamCache
+from .upstream import Upstream
 from .webhooks import WebhookWorker
 
 log = logging.getLogger("gateway")
 
 MAX_BODY_BYTES = 256 * 1024
+PROVIDER_CONNECTIONS = 100
 
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
@@ -93,9 +95,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await simulator.start()
         provider_url = simulator.url
         log.info("sandbox: simulated provider at %s", provider_url)
+    upstream = Upstream(provider_url, limit=PROVIDER_CONNECTIONS)
     provider = ProviderClient(
-        http,
-        provider_url,
+        upstream,
         api_key=settings.provider_api_key or "",
         username=settings.provider_username or "",
         password=settings.provider_password or "",
@@ -132,6 +134,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if simulator is not None:
             await simulator.stop()
         await http.close()
+        await upstream.close()
         await store.close()
 
 

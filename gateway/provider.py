@@ -11,13 +11,12 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlencode
 
-import aiohttp
-
 from .jsonio import loads
 from .metrics import Metrics
+from .upstream import ConnectFailed, ResponseLost, Upstream
 
 log = logging.getLogger("gateway.provider")
-_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+_FORM = "application/x-www-form-urlencoded"
 
 FailureKind = Literal["error", "unavailable", "timeout"]
 
@@ -51,8 +50,7 @@ class ProviderClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        url: str,
+        upstream: Upstream,
         *,
         api_key: str,
         username: str,
@@ -61,13 +59,12 @@ class ProviderClient:
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics
-        self._session = session
-        self._url = url
+        self._upstream = upstream
         # The credentials part of every form body, encoded once.
         self._form_prefix = urlencode(
             {"api_key": api_key, "username": username, "password": password}
         )
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
 
     async def send(
         self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None
@@ -94,23 +91,23 @@ class ProviderClient:
         if dlrurl:
             parts.append("dlrurl=" + quote_plus(dlrurl, safe=""))
         try:
-            body = "&".join(parts).encode()
-            async with self._session.post(
-                self._url, data=body, timeout=self._timeout, headers=_FORM
-            ) as resp:
-                body = await resp.read()
-                return _interpret(resp.status, body)
-        except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
+            answer = await self._upstream.post("&".join(parts).encode(), _FORM, self._timeout)
+        except ConnectFailed as exc:
             # The connection was never made, so the provider cannot have sent anything.
-            log.warning("provider unreachable: %s", type(exc).__name__)
+            log.warning("provider unreachable: %s", exc)
             return SendResult({}, "unavailable", "the provider could not be reached")
         except TimeoutError:
             log.warning("provider call timed out")
             return SendResult({}, "timeout", "the provider did not answer in time")
-        except aiohttp.ClientError as exc:
+        except ResponseLost as exc:
             # The request may have left: a broken connection mid-answer is an unknown outcome.
-            log.warning("provider connection failed: %s", type(exc).__name__)
+            log.warning("provider connection failed: %s", exc)
             return SendResult({}, "timeout", "the connection to the provider broke")
+        except Exception:
+            # A fault of ours mid-call: whether the send left is unknown, so it stays charged.
+            log.exception("provider call failed unexpectedly")
+            return SendResult({}, "timeout", "the provider call failed in the gateway")
+        return _interpret(answer.status, answer.body)
 
 
 def _interpret(status: int, body: bytes) -> SendResult:
@@ -126,6 +123,11 @@ def _interpret(status: int, body: bytes) -> SendResult:
             # A 5xx could come from a proxy after the provider acted; do not assume nothing left.
             return SendResult({}, "timeout", message or f"the provider answered HTTP {status}")
         return SendResult({}, "error", message or "the provider refused the send")
+    if 300 <= status < 400:
+        # A redirect is answered before the send is looked at; sends are not re-posted.
+        return SendResult(
+            {}, "error", f"the provider answered HTTP {status} (a redirect): check the provider URL"
+        )
     if 400 <= status < 500:
         return SendResult({}, "error", message or f"the provider answered HTTP {status}")
     if status >= 500:

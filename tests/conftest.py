@@ -33,6 +33,20 @@ PASSWORD = "prov-password-s3cr3t-91"
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, the loop `sms-gateway serve` uses; those marked `both_loops` run
+    on asyncio's own loop too (the gateway falls back to it where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        return {"asyncio": asyncio.new_event_loop}
+    if item.get_closest_marker("both_loops"):
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
+
+
 def mint(
     sub: str | None = "payments",
     scope: Any = "messages:send messages:read",
@@ -117,6 +131,8 @@ class FakeProvider:
             return web.json_response(
                 {"status": "error", "message": "Invalid credentials"}, status=401
             )
+        if self.mode == "redirect":
+            raise web.HTTPFound("https://bulksms.example/api/v3/sms/send")
         if self.mode == "http500":
             return web.Response(status=500, text="Internal Server Error")
         if self.mode == "html":

@@ -111,6 +111,7 @@ async def test_provider_cost_is_what_is_charged(client: Client, provider: FakePr
     [
         ("error", 502, "provider_error", "failed"),
         ("http401", 502, "provider_error", "failed"),
+        ("redirect", 502, "provider_error", "failed"),
         ("http500", 504, "provider_timeout", "unknown"),
         ("html", 504, "provider_timeout", "unknown"),
         ("garbage", 504, "provider_timeout", "unknown"),
