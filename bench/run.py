@@ -1,10 +1,11 @@
 """The benchmark harness: `python -m bench.run` (see README, Performance).
 
-Starts a fast fake provider, the gateway (SQLite on disk, JWT on, quotas on) and a bare aiohttp
-forwarder on loopback, drives each with the same load generator (N concurrent clients, one
-recipient per request, a fixed duration), and prints sends/s, p50, p99, the gateway's peak RSS
-and the gateway/forwarder ratios. Then it preloads a million messages and measures again: sends,
-a `GET /messages` page, and one 1,000-recipient send.
+Starts a fast fake provider, a bare aiohttp forwarder and two gateways (SQLite on disk, JWT on,
+quotas on): one on an empty database and one on a database preloaded with a million messages.
+Drives each with the same load generator (N concurrent clients, one recipient per request, a
+fixed duration) in alternating rounds, so machine noise hits all three alike, and prints sends/s,
+p50, p99, the gateways' peak RSS and the ratios. Then it measures a `GET /messages` page and one
+1,000-recipient send on the preloaded gateway.
 """
 
 from __future__ import annotations
@@ -248,6 +249,21 @@ def preload(database: str, count: int) -> float:
     return time.perf_counter() - started
 
 
+BENCH_TEAM = [
+    "-m",
+    "gateway",
+    "team",
+    "create",
+    TEAM,
+    "--daily-limit",
+    str(10**9),
+    "--monthly-limit",
+    str(10**10),
+    "--monthly-budget",
+    str(10**12),
+]
+
+
 def gateway_env(directory: Path, provider_url: str, port: int) -> dict[str, str]:
     """The gateway's settings for the bench: SQLite on disk, JWT on, quotas on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
@@ -302,109 +318,75 @@ def subprocess_run(args: list[str], env: dict[str, str]) -> int:
 async def main_async(options: argparse.Namespace) -> int:
     """Run everything and print the report; 0 when every target is met (or --smoke)."""
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    provider_port, forwarder_port, port = free_port(), free_port(), free_port()
+    provider_port, forwarder_port = free_port(), free_port()
+    empty_port, full_port = free_port(), free_port()
     provider_url = f"http://127.0.0.1:{provider_port}/api/v2/sms/send"
-    base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token()}"}
     n, seconds = options.concurrency, options.duration
+    empty_label = "gateway (empty database)"
+    full_label = f"gateway ({options.preload:,} stored)"
 
-    def forwarder_run() -> Any:
-        return load(
-            "bare forwarder",
-            f"http://127.0.0.1:{forwarder_port}/messages",
-            one_recipient,
-            {},
-            n,
-            seconds,
+    def sends(label: str, port: int, auth: dict[str, str]) -> Callable[[], Any]:
+        return lambda: load(
+            label, f"http://127.0.0.1:{port}/messages", one_recipient, auth, n, seconds
         )
 
-    async def phase(
-        label: str, extras: bool = False
-    ) -> tuple[dict[str, Result], float, tuple[Result | None, list[float]]]:
-        """Forwarder and gateway side by side in alternating rounds (and, with `extras`, the
-        page and the 1,000-recipient send); the gateway's peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
+        # Two gateways, one on an empty database and one on a preloaded copy, run side by side
+        # so that every comparison is between runs of the same rounds.
+        empty_env = gateway_env(Path(tmp) / "empty", provider_url, empty_port)
+        full_env = gateway_env(Path(tmp) / "full", provider_url, full_port)
+        for env in (empty_env, full_env):
+            Path(env["GATEWAY_DATABASE"]).parent.mkdir()
+            assert subprocess_run(BENCH_TEAM, env) == 0, "could not create the bench team"
+        print(f"preloading {options.preload:,} messages ...", file=sys.stderr, flush=True)
+        preload_seconds = preload(full_env["GATEWAY_DATABASE"], options.preload)
         async with (
+            process(
+                ["-m", "bench.servers", "provider", str(provider_port)],
+                provider_port,
+                ready_path="/",
+            ),
             process(
                 ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
                 forwarder_port,
                 ready_path="/",
             ),
-            process(["-m", "gateway", "serve"], port, env) as gateway,
+            process(["-m", "gateway", "serve"], empty_port, empty_env) as empty_gateway,
+            process(["-m", "gateway", "serve"], full_port, full_env) as full_gateway,
         ):
-            rounds = await alternate(
+            results = await alternate(
                 options.rounds,
                 {
-                    "forwarder": forwarder_run,
-                    "gateway": lambda: load(
-                        label, f"{base}/messages", one_recipient, headers, n, seconds
-                    ),
+                    "forwarder": sends("bare forwarder", forwarder_port, {}),
+                    "empty": sends(empty_label, empty_port, headers),
+                    "full": sends(full_label, full_port, headers),
                 },
             )
-            page, big = None, []
-            if extras:
-                page = await load(
-                    "GET /messages page (limit=50, 4 clients)",
-                    f"{base}/messages?limit=50&status=delivered",
-                    lambda i: {},
-                    headers,
-                    4,
-                    min(seconds, 5),
-                    method="GET",
-                    expect=200,
-                )
-                big = await big_send(base, headers)
-            return rounds, peak_rss_mb(gateway.pid), (page, big)
-
-    with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
-        env = gateway_env(Path(tmp), provider_url, port)
-        assert (
-            subprocess_run(
-                [
-                    "-m",
-                    "gateway",
-                    "team",
-                    "create",
-                    TEAM,
-                    "--daily-limit",
-                    str(10**9),
-                    "--monthly-limit",
-                    str(10**10),
-                    "--monthly-budget",
-                    str(10**12),
-                ],
-                env,
+            page = await load(
+                "GET /messages page (limit=50, 4 clients)",
+                f"http://127.0.0.1:{full_port}/messages?limit=50&status=delivered",
+                lambda i: {},
+                headers,
+                4,
+                min(seconds, 5),
+                method="GET",
+                expect=200,
             )
-            == 0
-        ), "could not create the bench team"
-        async with process(
-            ["-m", "bench.servers", "provider", str(provider_port)], provider_port, ready_path="/"
-        ):
-            first, rss, _ = await phase("gateway (empty database)")
-            preload_seconds = 0.0
-            if options.preload:
-                print(f"preloading {options.preload:,} messages ...", file=sys.stderr, flush=True)
-                preload_seconds = preload(str(Path(tmp) / "bench.db"), options.preload)
-            second, rss_full, (page, big) = await phase(
-                f"gateway ({options.preload:,} stored)", extras=True
-            )
-            rss = max(rss, rss_full)
-    assert page is not None
-    forwarder, empty = first["forwarder"], first["gateway"]
-    forwarder_later, full = second["forwarder"], second["gateway"]
+            big = await big_send(f"http://127.0.0.1:{full_port}", headers)
+            rss = max(peak_rss_mb(empty_gateway.pid), peak_rss_mb(full_gateway.pid))
+    forwarder, empty, full = results["forwarder"], results["empty"], results["full"]
     ratio = empty.rate / forwarder.rate
     p99_ratio = empty.pct(0.99) / forwarder.pct(0.99)
-    # The preloaded run is compared with the empty one through the forwarder run beside each,
-    # so a machine that got slower in between does not count against the gateway.
-    full_ratio = (full.rate / forwarder_later.rate) / ratio
+    full_ratio = full.rate / empty.rate
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {loop_name}; {n} clients, {seconds:g} s a run, "
         f"median of {options.rounds} alternating rounds"
     )
-    for result in (forwarder, empty, forwarder_later, full, page):
+    for result in (forwarder, empty, full, page):
         print(result.line())
-    if options.preload:
-        print(f"preload of {options.preload:,} messages took {preload_seconds:.0f} s")
+    print(f"preload of {options.preload:,} messages took {preload_seconds:.0f} s")
     print(
         f"1,000-recipient send (10 provider calls): median {statistics.median(big) * 1000:.0f}"
         f" ms, max {max(big) * 1000:.0f} ms"
@@ -421,7 +403,7 @@ async def main_async(options: argparse.Namespace) -> int:
     print("targets:")
     for name, met, figure in targets:
         print(f"  {'MET   ' if met else 'MISSED'} {name:<36} {figure}")
-    errors = sum(r.errors for r in (forwarder, empty, forwarder_later, full, page))
+    errors = sum(r.errors for r in (forwarder, empty, full, page))
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
         return 1
@@ -434,13 +416,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
     parser.add_argument(
-        "--preload", type=int, default=1_000_000, help="messages stored before the second run"
+        "--preload",
+        type=int,
+        default=1_000_000,
+        help="messages stored in the second gateway's database",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=3,
-        help="alternating rounds of forwarder and gateway (the median counts)",
+        help="alternating rounds of forwarder and both gateways (the median counts)",
     )
     parser.add_argument(
         "--smoke",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -161,14 +161,11 @@ def problem_response(
     )
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map domain errors and aiohttp HTTP errors to problem+json; a crash becomes a logged 500."""
+def problem_for(request: web.Request, error: Exception) -> web.Response:
+    """The problem+json answer for a failure: domain errors and aiohttp's HTTP errors keep their
+    status; anything else is a crash, logged, and a 500. Re-raises aiohttp's 2xx/3xx exceptions."""
     try:
-        return await handler(request)
+        raise error
     except GatewayError as exc:
         return problem_response(
             exc.status,

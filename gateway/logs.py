@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +104,11 @@ class JsonFormatter(logging.Formatter):
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path without query string, status, size, duration."""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether lines are written at all (not below INFO), so aiohttp can skip the work."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         """Write the access line (the query string can carry the provider's password)."""
         self.logger.info(
@@ -124,7 +129,6 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _process_prefix = uuid.uuid4().hex[:16]
 _sequence = itertools.count(1)
 
@@ -134,18 +138,10 @@ def _new_request_id() -> str:
     return f"{_process_prefix}{next(_sequence):016x}"
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Take the caller's X-Request-ID (or make one), log under it, echo it back."""
+def request_id_for(request: web.Request) -> str:
+    """The caller's X-Request-ID if it is a sensible one, else a new id."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if given and _VALID_REQUEST_ID.fullmatch(given) else _new_request_id()
-    token = request_id.set(rid)
-    try:
-        response = await handler(request)
-    finally:
-        request_id.reset(token)
-    response.headers[REQUEST_ID_HEADER] = rid
-    return response
+    return given if given and _VALID_REQUEST_ID.fullmatch(given) else _new_request_id()
 
 
 def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: object = None) -> None:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -16,6 +12,7 @@ class Metrics:
     """Every metric the gateway exports."""
 
     def __init__(self) -> None:
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -84,25 +81,17 @@ class Metrics:
             registry=r,
         )
 
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def metrics_middleware(metrics: Metrics) -> Middleware:
-    """Count and time every request by route template (never by raw path)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            route = request.match_info.route.resource
-            name = route.canonical if route is not None else "unmatched"
-            metrics.requests.labels(name, request.method, str(status)).inc()
-            metrics.latency.labels(name, request.method).observe(time.perf_counter() - started)
-
-    return middleware
+    def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
+        """Count and time one answered request by route template (never by raw path)."""
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        key = (name, request.method, status)
+        children = self._request_children.get(key)
+        if children is None:  # the label lookups are done once per route, method and status
+            children = (
+                self.requests.labels(name, request.method, str(status)),
+                self.latency.labels(name, request.method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
