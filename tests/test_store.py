@@ -1,14 +1,17 @@
-"""The store's group commit: concurrent writes share a transaction, yet fail one by one."""
+"""The store: group commit that fails write by write, locks held elsewhere, checkpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.store import Store
+from gateway.store.db import DatabaseBusy
 
 
 def put(conn: sqlite3.Connection, key: str, fail: bool) -> str:
@@ -36,5 +39,80 @@ async def test_a_failing_write_is_undone_alone(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError):
             await store.write(put, "k1", False)
         assert await store.write(put, "after", False) == "after"
+    finally:
+        await store.close()
+
+
+def hold_write_lock(path: Path, seconds: float, locked: threading.Event) -> None:
+    """Another process's writer: takes the write lock and keeps it for `seconds`."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = Store(str(path))
+    await store.open()
+    try:
+        locked = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(path, 0.5, locked))
+        holder.start()
+        await asyncio.to_thread(locked.wait)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        started = time.perf_counter()
+        assert await store.write(put, "after-lock", False) == "after-lock"
+        waited = time.perf_counter() - started
+        beat.cancel()
+        await asyncio.to_thread(holder.join)
+        assert waited >= 0.3  # it did wait for the other writer
+        assert ticks >= 15  # and the event loop went on meanwhile
+        assert await store.fetchone("SELECT 1 FROM meta WHERE key = 'after-lock'") is not None
+    finally:
+        await store.close()
+
+
+async def test_a_lock_held_too_long_is_503_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = Store(str(path), busy_timeout=0.2)
+    await store.open()
+    try:
+        locked = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(path, 0.8, locked))
+        holder.start()
+        await asyncio.to_thread(locked.wait)
+        with pytest.raises(DatabaseBusy) as refused:
+            await store.write(put, "while-locked", False)
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+        await asyncio.to_thread(holder.join)
+        assert await store.fetchone("SELECT 1 FROM meta WHERE key = 'while-locked'") is None
+        assert await store.write(put, "later", False) == "later"  # and the store goes on
+    finally:
+        await store.close()
+
+
+async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = Store(str(path), checkpoint_every=0.05)
+    await store.open()
+    try:
+        before = path.stat().st_size
+        await asyncio.gather(*(store.write(put, f"c{n}" + "x" * 2000, False) for n in range(500)))
+        async with asyncio.timeout(5):
+            while path.stat().st_size < before + 500 * 2000:  # the rows reached the main file
+                await asyncio.sleep(0.05)
+        busy, frames, copied = await store.checkpoint()
+        assert busy == 0 and frames == copied
     finally:
         await store.close()

@@ -1,8 +1,19 @@
-"""The SQLite handle: one serialised writer connection, one reader, schema migrations on open."""
+"""The SQLite handle: a writer on the event loop's thread, a reader on its own, migrations on open.
+
+Writes run on the event loop's thread, grouped: every write that arrives while the loop goes
+round once shares one transaction and one COMMIT (group commit). SQLite spends a few
+microseconds of CPU on a write; handing each to another thread cost more than that, in the
+hand-off itself and in the two threads taking turns at the GIL (measured under `bench/`). What
+could block the loop is kept off it: waiting for a write lock held by another process (the
+group is then run on a worker thread, which waits for it) and WAL checkpoints, with their fsync
+(a background task runs them on a worker thread). Reads go through aiosqlite's thread, so a
+large page does not hold up sends.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -11,61 +22,87 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from ..errors import GatewayError
+
 T = TypeVar("T")
 MAX_GROUP = 256  # writes per group commit
 MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql", "schema_5.sql")
+PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
+Group = list[tuple[Callable[..., Any], tuple[Any, ...]]]
+
+
+class DatabaseBusy(GatewayError):
+    """Another process held the database's write lock for longer than the gateway waits."""
+
+    status, code, title = 503, "database_busy", "The database is busy"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"another process held the database's write lock for over {seconds:g} s; "
+            "nothing was changed, retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
 
 class Store:
     """Owns the database connections; every write goes through `write()` (or `run()`)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = 10.0, checkpoint_every: float = 1.0
+    ) -> None:
         self.path = path
-        self._writer: aiosqlite.Connection | None = None
+        self.busy_timeout = busy_timeout
+        self.checkpoint_every = checkpoint_every
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        # One connection writes, a group of writes at a time (see write()); BEGIN IMMEDIATE
-        # serialises against other processes.
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Connect, switch to WAL and bring the schema up to date."""
-        self._writer = await self._connect()
-        if self.path == ":memory:":
-            self._reader = self._writer  # a second :memory: connection would be another database
-        else:
-            await _pragma(self._writer, "journal_mode=WAL")
-            self._reader = await self._connect()
+        # Used on the loop's thread, and on a worker thread only while the loop waits for it.
+        self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._writer.row_factory = sqlite3.Row
+        for pragma in (*PRAGMAS, "busy_timeout=0"):  # never wait for a lock on the loop
+            self._writer.execute(f"PRAGMA {pragma}")
+        if self.path != ":memory:":  # (a second :memory: connection would be another database)
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = aiosqlite.Row
+            for pragma in (*PRAGMAS, f"busy_timeout={int(self.busy_timeout * 1000)}"):
+                await _pragma(self._reader, pragma)
+            self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._checkpointer.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         await self._migrate()
-
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        for pragma in ("busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
-            await _pragma(conn, pragma)
-        return conn
+        if self._checkpointer is not None:
+            self._checkpoints = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 
     async def close(self) -> None:
-        """Close both connections."""
-        if self._reader is not None and self._reader is not self._writer:
+        """Finish the writes under way, then close every connection."""
+        while self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer])
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        if self._reader is not None:
             await self._reader.close()
-        if self._writer is not None:
-            await self._writer.close()
-        self._reader = self._writer = None
-
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        """The connection for reads outside a transaction (WAL gives it a consistent snapshot)."""
-        assert self._reader is not None, "store is not open"
-        return self._reader
+        for conn in (self._checkpointer, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = self._checkpointer = None
+        self._checkpoints = None
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(connection, *args)` atomically on the database thread; its result.
+        """Run `fn(connection, *args)` atomically; its result (or its exception).
 
-        Writes that arrive while one is running are grouped: the next round trip runs them all
-        in one transaction, with one COMMIT (group commit). An error in one undoes only that
-        one (see _transact_group). One group runs at a time, and only for as long as
-        SQLite works: no transaction stays open while the event loop does something else.
+        Writes that arrive while the loop goes round once are grouped into one transaction with
+        one COMMIT (group commit). An error in one undoes only that one (see _transact_group).
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, args, future))
@@ -76,15 +113,26 @@ class Store:
 
     async def _drain(self) -> None:
         assert self._writer is not None, "store is not open"
-        raw = self._writer._conn  # the sqlite3 connection aiosqlite runs on its own thread
+        conn = self._writer
+        await asyncio.sleep(0)  # the handlers that are ready to run add their writes first
         while self._pending:
             group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            items = [(fn, args) for fn, args, _ in group]
             try:
-                # aiosqlite's own way to run a callable on its thread (no public one exists).
-                outcomes = await self._writer._execute(  # type: ignore[no-untyped-call]
-                    _transact_group, raw, [(fn, args) for fn, args, _ in group]
-                )
-            except BaseException as exc:  # the COMMIT itself failed: every write did
+                try:
+                    outcomes = _transact_group(conn, items)
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    # Another process holds the write lock: wait for it off the loop's thread.
+                    outcomes = await asyncio.to_thread(
+                        _transact_waiting, conn, items, self.busy_timeout
+                    )
+            except BaseException as exc:  # the transaction itself failed: every write did
+                if isinstance(exc, sqlite3.OperationalError) and (
+                    exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+                ):
+                    exc = DatabaseBusy(self.busy_timeout)
                 for _, _, future in group:
                     if not future.done():
                         future.set_exception(exc)
@@ -99,14 +147,38 @@ class Store:
                 else:
                     future.set_exception(value)
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        """One row from the reader (one round trip)."""
-        rows = await self.reader.execute_fetchall(sql, tuple(params))
-        return next(iter(rows), None)
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database file (PASSIVE: never waits for the writer), on a
+        worker thread; SQLite's (busy, WAL frames, frames checkpointed)."""
+        conn = self._checkpointer
+        if conn is None:
+            return (0, 0, 0)
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        def run() -> tuple[int, int, int]:
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        return await asyncio.to_thread(run)
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint every `checkpoint_every` seconds, instead of inside a COMMIT on the loop."""
+        while True:
+            await asyncio.sleep(self.checkpoint_every)
+            try:
+                await self.checkpoint()
+            except sqlite3.Error:  # a busy or closing database: the next round tries again
+                continue
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        """One row from the reader (one round trip)."""
+        return next(iter(await self.fetchall(sql, params)), None)
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """All rows from the reader (one round trip)."""
-        return list(await self.reader.execute_fetchall(sql, tuple(params)))
+        if self._reader is None:  # :memory: has one connection, the writer
+            assert self._writer is not None, "store is not open"
+            return self._writer.execute(sql, tuple(params)).fetchall()
+        return list(await self._reader.execute_fetchall(sql, tuple(params)))
 
     async def _migrate(self) -> None:
         await self.write(_migrate)
@@ -143,10 +215,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version={number}")
 
 
-def _transact_group(
-    conn: sqlite3.Connection, group: list[tuple[Callable[..., Any], tuple[Any, ...]]]
-) -> list[tuple[bool, Any]]:
-    """The group's writes in one transaction; runs on the database thread.
+def _transact_group(conn: sqlite3.Connection, group: Group) -> list[tuple[bool, Any]]:
+    """The group's writes in one transaction (on the loop's thread, or on a worker thread
+    while another process holds the write lock).
 
     Writes rarely fail, so the group first runs without a savepoint each (fewer statements).
     If one raises, that transaction is rolled back and the group runs again with a savepoint
@@ -162,13 +233,21 @@ def _transact_group(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    _commit(conn)
     return outcomes
 
 
-def _transact_each(
-    conn: sqlite3.Connection, group: list[tuple[Callable[..., Any], tuple[Any, ...]]]
-) -> list[tuple[bool, Any]]:
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT; if it fails (a full disk, say), roll back so the next BEGIN starts clean."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _transact_each(conn: sqlite3.Connection, group: Group) -> list[tuple[bool, Any]]:
     """One transaction, a savepoint per write: a write that raises is undone, the rest commit."""
     outcomes: list[tuple[bool, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
@@ -184,8 +263,19 @@ def _transact_each(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    _commit(conn)
     return outcomes
+
+
+def _transact_waiting(
+    conn: sqlite3.Connection, group: Group, seconds: float
+) -> list[tuple[bool, Any]]:
+    """`_transact_group`, waiting up to `seconds` for the write lock (on a worker thread)."""
+    conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+    try:
+        return _transact_group(conn, group)
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
 
 
 async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
