@@ -282,14 +282,27 @@ def gateway_env(directory: Path, provider_url: str, port: int) -> dict[str, str]
     return env
 
 
-async def alternate(rounds: int, runs: dict[str, Callable[[], Any]]) -> dict[str, Result]:
-    """Run each load in turn, `rounds` times, so machine noise hits every side alike; the
-    median round (by throughput) of each."""
+async def alternate(rounds: int, runs: dict[str, Callable[[], Any]]) -> dict[str, list[Result]]:
+    """Run each load in turn, `rounds` times, so machine noise hits every side alike; each
+    side's results, round by round."""
     results: dict[str, list[Result]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             results[name].append(await run())
-    return {name: sorted(rs, key=lambda r: r.rate)[len(rs) // 2] for name, rs in results.items()}
+    return results
+
+
+def median_round(results: list[Result]) -> Result:
+    """The round with the median throughput."""
+    return sorted(results, key=lambda r: r.rate)[len(results) // 2]
+
+
+def paired(
+    ours: list[Result], theirs: list[Result], measure: Callable[[Result], float]
+) -> list[float]:
+    """measure(ours) / measure(theirs) in each round: sides run minutes apart on a machine
+    whose speed drifts, so each round's pair is compared, then the median is taken."""
+    return [measure(a) / measure(b) for a, b in zip(ours, theirs, strict=True)]
 
 
 async def big_send(base: str, headers: dict[str, str]) -> list[float]:
@@ -375,14 +388,16 @@ async def main_async(options: argparse.Namespace) -> int:
             )
             big = await big_send(f"http://127.0.0.1:{full_port}", headers)
             rss = max(peak_rss_mb(empty_gateway.pid), peak_rss_mb(full_gateway.pid))
-    forwarder, empty, full = results["forwarder"], results["empty"], results["full"]
-    ratio = empty.rate / forwarder.rate
-    p99_ratio = empty.pct(0.99) / forwarder.pct(0.99)
-    full_ratio = full.rate / empty.rate
+    forwarder, empty, full = (median_round(results[k]) for k in ("forwarder", "empty", "full"))
+    ratios = paired(results["empty"], results["forwarder"], lambda r: r.rate)
+    p99_ratios = paired(results["empty"], results["forwarder"], lambda r: r.pct(0.99))
+    full_ratios = paired(results["full"], results["empty"], lambda r: r.rate)
+    ratio, p99_ratio, full_ratio = (statistics.median(r) for r in (ratios, p99_ratios, full_ratios))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {loop_name}; {n} clients, {seconds:g} s a run, "
-        f"median of {options.rounds} alternating rounds"
+        f"{options.rounds} alternating rounds (median round shown; ratios are the median of "
+        "each round's)"
     )
     for result in (forwarder, empty, full, page):
         print(result.line())
@@ -392,6 +407,12 @@ async def main_async(options: argparse.Namespace) -> int:
         f" ms, max {max(big) * 1000:.0f} ms"
     )
     print(f"gateway peak RSS: {rss:.0f} MB")
+    for name, values in (
+        ("gateway / forwarder sends/s", ratios),
+        ("gateway / forwarder p99", p99_ratios),
+        ("preloaded / empty sends/s", full_ratios),
+    ):
+        print(f"{name}, round by round: {' '.join(f'{v:.2f}' for v in values)}")
     targets = [
         ("throughput >= 0.70 x forwarder", ratio >= 0.70, f"{ratio:.2f}"),
         ("p99 <= 2 x forwarder", p99_ratio <= 2.0, f"{p99_ratio:.2f}"),
@@ -424,7 +445,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         help="alternating rounds of forwarder and both gateways (the median counts)",
     )
     parser.add_argument(
