@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -53,53 +55,53 @@ def hold_write_lock(path: Path, seconds: float, locked: threading.Event) -> None
     conn.close()
 
 
-async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def store_with_lock_held_elsewhere(
+    tmp_path: Path, seconds: float, **options: float
+) -> AsyncIterator[Store]:
+    """An open store whose database file another writer has locked for `seconds`."""
     path = tmp_path / "store.db"
-    store = Store(str(path))
+    store = Store(str(path), **options)
     await store.open()
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(path, seconds, locked))
+    holder.start()
     try:
-        locked = threading.Event()
-        holder = threading.Thread(target=hold_write_lock, args=(path, 0.5, locked))
-        holder.start()
         await asyncio.to_thread(locked.wait)
-        ticks = 0
+        yield store
+    finally:
+        await asyncio.to_thread(holder.join)
+        await store.close()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
 
+async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async with store_with_lock_held_elsewhere(tmp_path, 0.5) as store:
         beat = asyncio.create_task(ticker())
         started = time.perf_counter()
         assert await store.write(put, "after-lock", False) == "after-lock"
         waited = time.perf_counter() - started
         beat.cancel()
-        await asyncio.to_thread(holder.join)
         assert waited >= 0.3  # it did wait for the other writer
         assert ticks >= 15  # and the event loop went on meanwhile
         assert await store.fetchone("SELECT 1 FROM meta WHERE key = 'after-lock'") is not None
-    finally:
-        await store.close()
 
 
 async def test_a_lock_held_too_long_is_503_and_changes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    store = Store(str(path), busy_timeout=0.2)
-    await store.open()
-    try:
-        locked = threading.Event()
-        holder = threading.Thread(target=hold_write_lock, args=(path, 0.8, locked))
-        holder.start()
-        await asyncio.to_thread(locked.wait)
+    async with store_with_lock_held_elsewhere(tmp_path, 0.8, busy_timeout=0.2) as store:
         with pytest.raises(DatabaseBusy) as refused:
             await store.write(put, "while-locked", False)
         assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
-        await asyncio.to_thread(holder.join)
         assert await store.fetchone("SELECT 1 FROM meta WHERE key = 'while-locked'") is None
+        await asyncio.sleep(0.8)  # the other writer lets go
         assert await store.write(put, "later", False) == "later"  # and the store goes on
-    finally:
-        await store.close()
 
 
 async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
