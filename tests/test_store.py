@@ -14,6 +14,7 @@ import pytest
 
 from gateway.store import Store
 from gateway.store.db import DatabaseBusy
+from gateway.store.messages import forget_expired_keys
 
 
 def put(conn: sqlite3.Connection, key: str, fail: bool) -> str:
@@ -116,5 +117,28 @@ async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
         busy, frames, copied = await store.checkpoint()
         assert busy == 0 and frames == copied
+    finally:
+        await store.close()
+
+
+async def test_expired_keys_are_forgotten_a_chunk_at_a_time(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "store.db"))
+    await store.open()
+    try:
+        await store.run(
+            "INSERT INTO teams (id, name, webhook_secret, created_at) VALUES ('t', 't', 's', 'x')"
+        )
+        rows = [(f"old-{n}", "done", "2026-11-01T00:00:00.000Z") for n in range(45)]
+        rows += [(f"new-{n}", "done", "2026-11-03T00:00:00.000Z") for n in range(3)]
+        rows += [(f"flying-{n}", "in_flight", "2026-11-01T00:00:00.000Z") for n in range(2)]
+        for key, state, created in rows:
+            await store.run(
+                "INSERT INTO idempotency (team_id, key, request_hash, state, created_at)"
+                " VALUES ('t', ?, 'h', ?, ?)",
+                (key, state, created),
+            )
+        assert await forget_expired_keys(store, "2026-11-02T00:00:00.000Z", chunk=10) == 45
+        left = await store.fetchall("SELECT key FROM idempotency ORDER BY key")
+        assert [r["key"] for r in left] == ["flying-0", "flying-1", "new-0", "new-1", "new-2"]
     finally:
         await store.close()

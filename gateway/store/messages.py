@@ -334,11 +334,22 @@ async def stranded_claims(store: Store) -> list[tuple[str, str, str | None]]:
     return [(r["team_id"], r["key"], r["batch_id"]) for r in rows]
 
 
-async def forget_expired_keys(store: Store, live_after: str) -> int:
-    """Delete Idempotency-Keys created before `live_after`."""
-    return await store.run(
-        "DELETE FROM idempotency WHERE created_at < ? AND state = 'done'", (live_after,)
-    )
+async def forget_expired_keys(store: Store, live_after: str, chunk: int = 2000) -> int:
+    """Delete Idempotency-Keys created before `live_after`; how many.
+
+    An hour of keys can be many rows, and writes run on the event loop's thread, so they go
+    `chunk` at a time, each its own write, with sends in between.
+    """
+    deleted = 0
+    while True:
+        count = await store.run(
+            "DELETE FROM idempotency WHERE (team_id, key) IN (SELECT team_id, key"
+            " FROM idempotency WHERE created_at < ? AND state = 'done' LIMIT ?)",
+            (live_after, chunk),
+        )
+        deleted += count
+        if count < chunk:
+            return deleted
 
 
 async def mark_stranded_unknown(store: Store, at: str) -> int:
