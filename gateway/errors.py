@@ -164,36 +164,33 @@ def problem_response(
 def problem_for(request: web.Request, error: Exception) -> web.Response:
     """The problem+json answer for a failure: domain errors and aiohttp's HTTP errors keep their
     status; anything else is a crash, logged, and a 500. Re-raises aiohttp's 2xx/3xx exceptions."""
-    try:
-        raise error
-    except GatewayError as exc:
+    if isinstance(error, GatewayError):
         return problem_response(
-            exc.status,
-            exc.code,
-            exc.title,
-            exc.detail,
+            error.status,
+            error.code,
+            error.title,
+            error.detail,
             instance=request.path,
-            extra=exc.extra,
-            headers=exc.headers,
+            extra=error.extra,
+            headers=error.headers,
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem_response(
-            exc.status,
-            _HTTP_CODES.get(exc.status, "http_error"),
-            exc.reason,
-            exc.text or exc.reason,
+            error.status,
+            _HTTP_CODES.get(error.status, "http_error"),
+            error.reason,
+            error.text or error.reason,
             instance=request.path,
             headers=headers,
         )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(
-            500,
-            "internal_error",
-            "Internal error",
-            "The gateway failed; the error was logged.",
-            instance=request.path,
-        )
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+    return problem_response(
+        500,
+        "internal_error",
+        "Internal error",
+        "The gateway failed; the error was logged.",
+        instance=request.path,
+    )

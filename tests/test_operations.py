@@ -215,3 +215,22 @@ async def test_team_rate_limit(make_client: ClientFactory, provider: FakeProvide
     assert (await client.get("/messages", headers=SEND)).status == 200
     s = await scrape(client)
     assert value(s, "gateway_rate_limited_total", team="payments") == 1
+
+
+async def test_an_unexpected_failure_is_a_logged_500_that_tells_nothing(
+    client: Client, provider: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database someone broke by hand: the caller gets a plain 500, the log gets the trace."""
+    await client.app[STORE].run("DROP TABLE usage")
+    resp = await client.post(
+        "/messages",
+        json={"to": "0788000001", "text": "x"},
+        headers={**SEND, "X-Request-ID": "broken-1"},
+    )
+    body = await problem(resp, 500, "internal_error")
+    assert resp.headers["X-Request-ID"] == "broken-1"
+    assert "usage" not in json.dumps(body) and "sqlite" not in json.dumps(body).lower()
+    crash = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert crash and "no such table: usage" in JsonFormatter().format(crash[-1])
+    assert crash[-1].request_id == "broken-1"  # type: ignore[attr-defined]
+    assert provider.calls == []
