@@ -35,19 +35,6 @@ def _after(at: str, seconds: float) -> str:
     return iso(parse_iso(at) + timedelta(seconds=seconds))
 
 
-def enqueue_webhooks(
-    conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], at: str, delay: float
-) -> int:
-    """Queue one webhook per message row that reached a webhook state and has a URL to go to."""
-    team_urls: dict[str, str | None] = {}
-    return sum(
-        enqueue_webhook(
-            conn, row["team_id"], resource(row), row["callback_url"], at, delay, team_urls
-        )
-        for row in rows
-    )
-
-
 def enqueue_webhook(
     conn: sqlite3.Connection,
     team_id: str,
@@ -109,7 +96,7 @@ def _apply(
         (status, at, status, at, found["id"]),
     )
     row = conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)).fetchone()
-    enqueue_webhooks(conn, [row], at, delay)
+    enqueue_webhook(conn, row["team_id"], resource(row), row["callback_url"], at, delay, {})
     if row["client_dlr"]:
         _enqueue_client_dlr(conn, row, report.state, at, delay)
     return "applied", found["id"]
