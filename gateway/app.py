@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .auth import Authenticator
+from .callbacks import GuardedResolver
 from .clock import Clock, iso, utcnow
 from .dlrtoken import DlrTokens
 from .errors import problem_for
@@ -28,22 +29,23 @@ from .keys import (
     SEND,
     SETTINGS,
     STORE,
-    TEAMS,
     TIMEZONE,
     WORKER,
 )
+from .leases import Lease
 from .logs import REQUEST_ID_HEADER, request_id, request_id_for
 from .metrics import Metrics
 from .provider import ProviderClient
 from .ratelimit import RateLimiter
 from .routes import setup_routes
 from .sandbox import Simulator
-from .sending import IDEMPOTENCY_TTL, SendContext, recover_interrupted
+from .secretbox import SecretBox
+from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
-from .store.teams import TeamCache
 from .upstream import Upstream
+from .validation import callback_guard
 from .webhooks import WebhookWorker
 
 log = logging.getLogger("gateway")
@@ -62,7 +64,6 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     )
     app[METRICS] = metrics
     app[RATES] = RateLimiter()
-    app[TEAMS] = TeamCache()
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TIMEZONE] = ZoneInfo(settings.timezone)
@@ -101,10 +102,11 @@ def _edge_middleware(metrics: Metrics) -> Middleware:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = Store(settings.database)
+    store = Store(settings.database, busy_timeout=settings.database_busy_timeout)
     await store.open()
-    await recover_interrupted(store, app[CLOCK]())
     app[STORE] = store
+    lease = Lease(store, settings.lease_seconds, swept_answer)
+    await lease.start()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100),
         headers={"User-Agent": "sms-gateway"},
@@ -134,13 +136,24 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.provider_timeout,
         metrics=app[METRICS],
     )
+    guard = callback_guard(settings)
     webhook_http = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=50), headers={"User-Agent": "sms-gateway-webhooks"}
+        connector=aiohttp.TCPConnector(limit=50, resolver=GuardedResolver(guard)),
+        headers={"User-Agent": "sms-gateway-webhooks"},
     )
+    box = SecretBox(await store.secret("client_dlr_key"))
     worker = WebhookWorker(
-        store, webhook_http, settings.webhook_retry_schedule, app[CLOCK], metrics=app[METRICS]
+        store,
+        webhook_http,
+        settings.webhook_retry_schedule,
+        app[CLOCK],
+        owner=lease.id,
+        guard=guard,
+        box=box,
+        metrics=app[METRICS],
     )
     app[WORKER] = worker
+    catch_up = CatchUp()
     app[SEND] = SendContext(
         settings=settings,
         store=store,
@@ -148,6 +161,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         tokens=DlrTokens(await store.secret("dlr_token_key")),
         clock=app[CLOCK],
         tz=app[TIMEZONE],
+        owner=lease.id,
+        catch_up=catch_up,
+        box=box,
         webhooks_queued=worker.wake,
         metrics=app[METRICS],
     )
@@ -159,7 +175,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
+        await catch_up.stop()
         await worker.stop()
+        await lease.stop()
         await webhook_http.close()
         if simulator is not None:
             await simulator.stop()

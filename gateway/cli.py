@@ -28,6 +28,7 @@ from .store import Store
 from .store import teams as store_teams
 from .teams import check_team_fields
 from .usage import billing_report, check_month, report_csv
+from .validation import callback_guard
 
 SANDBOX_TEAM = "sandbox"
 DEFAULT_SCOPE = "messages:send messages:read"
@@ -121,7 +122,7 @@ def _run(settings: Settings, work: Callable[[Store], Awaitable[Any]]) -> Any:
         fail(exc.detail)
 
 
-def _team_fields(args: argparse.Namespace) -> dict[str, Any]:
+def _team_fields(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for name in (
         "name",
@@ -138,7 +139,7 @@ def _team_fields(args: argparse.Namespace) -> dict[str, Any]:
     if active is not None:
         body["active"] = active
     try:
-        return check_team_fields(body, creating=False)
+        return check_team_fields(body, creating=False, guard=callback_guard(settings))
     except GatewayError as exc:
         fail(exc.detail)
 
@@ -212,7 +213,11 @@ def cmd_team_create(args: argparse.Namespace) -> None:
     """Register a team and print it, with its webhook secret (shown this once)."""
     settings = load_settings(args, serving=False)
     try:
-        fields = check_team_fields({"id": args.id, **_team_fields(args)}, creating=True)
+        fields = check_team_fields(
+            {"id": args.id, **_team_fields(args, settings)},
+            creating=True,
+            guard=callback_guard(settings),
+        )
     except GatewayError as exc:
         fail(exc.detail)
     team_id = fields.pop("id")
@@ -254,7 +259,7 @@ def _cell(value: int | None) -> str:
 def cmd_team_update(args: argparse.Namespace) -> None:
     """Change a team's fields and print it."""
     settings = load_settings(args, serving=False)
-    fields = _team_fields(args)
+    fields = _team_fields(args, settings)
     if not fields:
         fail("nothing to change: give at least one option (see --help)")
     team = _run(settings, lambda s: store_teams.update_team(s, args.id, fields))

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .jsonio import dumps
+from .store.errors import DatabaseBusy
 
 log = logging.getLogger("gateway")
 
@@ -89,6 +90,23 @@ class NotReady(GatewayError):
     status, code, title = 503, "not_ready", "Not ready"
 
 
+class DatabaseUnavailable(GatewayError):
+    status, code, title = 503, "database_busy", "The database is busy"
+
+
+def domain_error(error: BaseException) -> GatewayError | None:
+    """The domain error an exception stands for (a store error becomes its HTTP meaning)."""
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, DatabaseBusy):
+        # Raised only where nothing was changed: after the provider may have acted, the send
+        # workflow answers 504 instead (see sending.py).
+        return DatabaseUnavailable(
+            f"{error}; nothing was changed, retry shortly", headers={"Retry-After": "1"}
+        )
+    return None
+
+
 class ProviderError(GatewayError):
     status, code, title = 502, "provider_error", "The provider refused the send"
 
@@ -164,6 +182,9 @@ def problem_response(
 def problem_for(request: web.Request, error: Exception) -> web.Response:
     """The problem+json answer for a failure: domain errors and aiohttp's HTTP errors keep their
     status; anything else is a crash, logged, and a 500. Re-raises aiohttp's 2xx/3xx exceptions."""
+    domain = domain_error(error)
+    if domain is not None:
+        error = domain
     if isinstance(error, GatewayError):
         return problem_response(
             error.status,

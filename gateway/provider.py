@@ -28,8 +28,9 @@ class RecipientResult:
     recipient: str
     status: Literal["sent", "failed"]
     message_id: str | None
-    cost: int | None  # None when the provider did not say
+    cost: int | None  # None when the provider did not say, or said something unusable
     message: str | None
+    cost_given: bool = False  # the answer had a `cost` (usable or not)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def _recipient(entry: Any) -> RecipientResult | None:
         message_id=_text(entry.get("messageid")),
         cost=parse_cost(entry.get("cost")),
         message=_text(entry.get("message")),
+        cost_given=entry.get("cost") is not None,
     )
 
 
@@ -169,8 +171,8 @@ def parse_cost(value: Any) -> int | None:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
         return None
-    if not amount.is_finite() or amount < 0:
-        return None
+    if not amount.is_finite() or amount < 0 or amount.adjusted() > 15:
+        return None  # (sanity against the estimate is the accounting rule's, in settlement)
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
 
 

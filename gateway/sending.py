@@ -1,57 +1,55 @@
-"""The send workflow: validate → reserve → provider → settle."""
+"""The send workflow: reserve → provider → settle, and what each failure along it means.
+
+Once `reserve` has stored the messages as `sending` under this process's lease, every path
+ends with them settled: by the provider's answer, as `failed` and refunded when the provider
+certainly did not act, or as `unknown` and charged when it may have. No answer that invites a
+resend is given once the provider may have acted.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
-import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from . import numbers, quota, segments
+from . import quota, settlement
 from .clock import Clock, iso, next_day_start, next_month_start, periods
 from .dlrtoken import DlrTokens
 from .errors import (
     PROBLEM_CONTENT_TYPE,
     Conflict,
     Forbidden,
-    GatewayError,
-    InvalidRecipient,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExceeded,
     ValidationFailed,
-    error_body,
     problem_body,
 )
 from .ids import ulid
 from .jsonio import dumps
 from .metrics import Metrics
 from .provider import ProviderClient, SendResult
+from .secretbox import SecretBox
 from .settings import Settings
 from .store import messages as store_messages
 from .store.db import Store
+from .store.errors import DatabaseBusy
+from .store.messages import KeyAnswer, Outcome
+from .validation import SendRequest
 
 log = logging.getLogger("gateway.sending")
 
-MAX_RECIPIENTS = 1000
-MAX_SEGMENTS = 10
-SEND_FIELDS = frozenset({"to", "text", "sender", "reference", "callback_url"})
-_ALPHA_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .\-&_]{0,10}")
-_NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
 PROVIDER_CONCURRENCY = 8
 IDEMPOTENCY_TTL = timedelta(hours=24)
-_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 JSON = "application/json"
+INSTANCE = "/messages"
 
 
 @dataclass(frozen=True)
@@ -62,36 +60,49 @@ class Answer:
     body: bytes
     content_type: str = JSON
     replayed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def check_idempotency_key(value: str | None) -> str | None:
-    """An Idempotency-Key is 1-255 printable ASCII characters."""
-    if value is None:
-        return None
-    if not _IDEMPOTENCY_KEY.fullmatch(value):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-            code="invalid_idempotency_key",
-        )
-    return value
+class CatchUp:
+    """Settlements the database could not take in time, retried in the background.
 
+    Their messages stay `sending` under this process's lease meanwhile; if the process stops
+    first, the lease lapses and a sweep moves them to `unknown`.
+    """
 
-def request_hash(body: Any) -> str:
-    """A fingerprint of a request body's meaning (key order and spacing do not matter)."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
 
+    def add(self, write: Callable[[], Any], what: str, patience: float = 3600.0) -> None:
+        """Retry `write()` with backoff until it succeeds (or `patience` seconds pass)."""
+        task = asyncio.get_running_loop().create_task(self._retry(write, what, patience))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-@dataclass(frozen=True)
-class SendRequest:
-    """A validated send: normalised, de-duplicated recipients and the text's segment info."""
+    async def _retry(self, write: Callable[[], Any], what: str, patience: float) -> None:
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                if waited >= patience:
+                    log.error("gave up storing %s: %s", what, exc)
+                    return
+                log.warning("could not store %s yet (%s); retrying in %g s", what, exc, delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 30.0)
+            else:
+                log.info("stored %s after a delay", what)
+                return
 
-    recipients: list[str]
-    text: str
-    info: segments.SegmentInfo
-    sender: str | None
-    reference: str | None
-    callback_url: str | None
+    async def stop(self, grace: float = 5.0) -> None:
+        """Give pending settlements `grace` seconds, then leave them to the lease's sweep."""
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -104,153 +115,11 @@ class SendContext:
     tokens: DlrTokens
     clock: Clock
     tz: ZoneInfo
+    owner: str  # this process's lease
+    catch_up: CatchUp = field(default_factory=CatchUp)
+    box: SecretBox | None = None  # seals drop-in clients' DLR passwords
     webhooks_queued: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
-
-
-def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
-    return ValidationFailed(
-        f"{field}: {reason}", code=code, extra={"errors": [{"field": field, "reason": reason}]}
-    )
-
-
-def _optional_string(body: Mapping[str, Any], name: str, max_len: int) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _field_error(name, "must be a string")
-    if not value.strip():
-        raise _field_error(name, "must not be empty")
-    if len(value) > max_len:
-        raise _field_error(name, f"must be at most {max_len} characters")
-    return value
-
-
-def check_callback_url(value: str | None) -> str | None:
-    """A team or message callback URL must be absolute http(s)."""
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _field_error(
-            "callback_url", "must be an absolute http or https URL", code="invalid_callback_url"
-        )
-    return value
-
-
-def validate(body: Any, settings: Settings) -> SendRequest:
-    """Check a POST /messages body; raise a 422 that names every problem, or return the send."""
-    if not isinstance(body, dict):
-        raise ValidationFailed("the body must be a JSON object")
-    unknown = sorted(set(body) - SEND_FIELDS)
-    if unknown:
-        raise ValidationFailed(
-            f"unknown field(s): {', '.join(unknown)}",
-            code="unknown_field",
-            extra={"errors": [{"field": f, "reason": "unknown field"} for f in unknown]},
-        )
-    raw_to = body.get("to")
-    if isinstance(raw_to, str):
-        raw_to = [raw_to]
-    if not isinstance(raw_to, list) or not raw_to:
-        raise _field_error(
-            "to", "must be a phone number or a list of 1 to 1000 of them", code="invalid_recipient"
-        )
-    if len(raw_to) > MAX_RECIPIENTS:
-        raise _field_error(
-            "to", f"at most {MAX_RECIPIENTS} recipients per request", code="too_many_recipients"
-        )
-    recipients, bad = numbers.normalise_all(
-        raw_to, settings.default_region, settings.allowed_regions
-    )
-    if bad:
-        raise InvalidRecipient(
-            f"{len(bad)} of {len(raw_to)} recipients are not valid; nothing was sent",
-            extra={
-                "errors": [
-                    {
-                        "field": f"to[{b.index}]",
-                        "value": b.value if isinstance(b.value, str) else None,
-                        "reason": b.reason,
-                    }
-                    for b in bad
-                ]
-            },
-        )
-    text = body.get("text")
-    if not isinstance(text, str) or not text:
-        raise _field_error("text", "must be a non-empty string", code="invalid_text")
-    if len(text) > MAX_SEGMENTS * 160:
-        raise _field_error("text", f"is longer than {MAX_SEGMENTS} segments", code="text_too_long")
-    info = segments.count(text)
-    if info.segments > MAX_SEGMENTS:
-        raise _field_error(
-            "text",
-            f"needs {info.segments} segments ({info.encoding}); at most {MAX_SEGMENTS}",
-            code="text_too_long",
-        )
-    sender = body.get("sender")
-    if sender is not None and not (
-        isinstance(sender, str)
-        and (_ALPHA_SENDER.fullmatch(sender) or _NUMERIC_SENDER.fullmatch(sender))
-    ):
-        raise _field_error(
-            "sender",
-            "must be 1-11 letters, digits, spaces or .-&_, or a number of up to 15 digits",
-            code="invalid_sender",
-        )
-    reference = _optional_string(body, "reference", 255)
-    callback_url = check_callback_url(_optional_string(body, "callback_url", 2048))
-    return SendRequest(recipients, text, info, sender, reference, callback_url)
-
-
-def _outcome(
-    message: store_messages.NewMessage, result: SendResult, at: str
-) -> store_messages.Outcome:
-    """Settle one message from its provider call's result, per the accounting rule."""
-    if result.failure == "timeout":
-        return store_messages.Outcome(
-            message.id,
-            "unknown",
-            at,
-            message.segments,
-            message.cost,
-            error_code="provider_timeout",
-            error_detail=result.detail,
-        )
-    if result.failure is not None:  # error or unavailable: the call did not happen
-        code = "provider_error" if result.failure == "error" else "provider_unavailable"
-        return store_messages.Outcome(
-            message.id, "failed", at, 0, 0, error_code=code, error_detail=result.detail
-        )
-    answer = result.results.get(message.recipient)
-    if answer is None:
-        return store_messages.Outcome(
-            message.id,
-            "unknown",
-            at,
-            message.segments,
-            message.cost,
-            error_code="provider_no_result",
-            error_detail="the provider's answer did not mention this recipient",
-        )
-    if answer.status == "sent":
-        cost = message.cost if answer.cost is None else answer.cost
-        return store_messages.Outcome(
-            message.id, "sent", at, message.segments, cost, provider_message_id=answer.message_id
-        )
-    cost = answer.cost or 0
-    return store_messages.Outcome(
-        message.id,
-        "failed",
-        at,
-        message.segments if cost else 0,
-        cost,
-        provider_message_id=answer.message_id,
-        error_code="provider_rejected",
-        error_detail=answer.message or "the provider refused this recipient",
-    )
 
 
 async def send(
@@ -262,11 +131,12 @@ async def send(
     body_hash: str = "",
     client_dlr: str | None = None,
 ) -> Answer:
-    """Reserve, call the provider in batches, settle, and return the 201 answer.
+    """Reserve, call the provider in batches, settle, and return the answer to give.
 
-    Raises QuotaExceeded before anything is stored or sent, and the provider errors when no
-    batch got an answer (the messages are then stored as failed or unknown). With an
-    Idempotency-Key, a live key's first answer is replayed instead, and this answer is kept.
+    Raises QuotaExceeded (and the store's DatabaseBusy) before anything is stored or sent.
+    Otherwise the answer is 201, or the provider's failure (502, 503, 504) with the stored
+    messages. With an Idempotency-Key, a live key's first answer is replayed instead, and
+    this answer is kept in the transaction that settles the messages.
     """
     now = ctx.clock()
     claim = None
@@ -276,7 +146,7 @@ async def send(
         )
     batch = _new_batch(ctx, team_id, request, now, client_dlr)
     try:
-        reserved = await store_messages.reserve(ctx.store, batch, claim)
+        reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
     except store_messages.TeamInactive:
         raise Forbidden(f"team {team_id!r} is disabled", code="team_disabled") from None
     if isinstance(reserved, store_messages.PriorAnswer):
@@ -284,24 +154,10 @@ async def send(
     if reserved is not None:
         ctx.metrics.quota_rejections.labels(team_id, reserved.quota).inc()
         raise _quota_error(reserved, now, ctx.tz)
-    try:
-        answer = Answer(201, dumps(await _deliver(ctx, batch, request)))
-    except GatewayError as exc:
-        if idempotency_key is not None:
-            await store_messages.remember_answer(
-                ctx.store,
-                team_id,
-                idempotency_key,
-                exc.status,
-                PROBLEM_CONTENT_TYPE,
-                dumps(error_body(exc, "/messages")),
-            )
-        raise
-    if idempotency_key is not None:
-        await store_messages.remember_answer(
-            ctx.store, team_id, idempotency_key, answer.status, answer.content_type, answer.body
-        )
-    return answer
+    # From here the messages are `sending` under this process's lease: every path settles them.
+    outcomes, results = await _call_provider(ctx, batch, request)
+    answer_for = _answer_builder(batch.batch_id, results)
+    return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
 
 
 def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
@@ -365,96 +221,242 @@ def _new_batch(
     )
 
 
-async def _deliver(
+async def _call_provider(
     ctx: SendContext, batch: store_messages.Batch, request: SendRequest
-) -> dict[str, Any]:
-    """Call the provider for every chunk of the batch, settle, and build the 201 body."""
+) -> tuple[list[Outcome], list[SendResult] | None]:
+    """Call the provider for every chunk of the batch; the outcome of each message, and the
+    calls' results (None when the gateway itself failed)."""
     settings = ctx.settings
-    team_id = batch.team_id
-    dlrurl = f"{settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
-    size = settings.provider_batch_size
-    chunks = [batch.messages[i : i + size] for i in range(0, len(batch.messages), size)]
-    gate = asyncio.Semaphore(PROVIDER_CONCURRENCY)
+    handed_over = False
+    try:
+        dlrurl = f"{settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
+        size = settings.provider_batch_size
+        chunks = [batch.messages[i : i + size] for i in range(0, len(batch.messages), size)]
+        gate = asyncio.Semaphore(PROVIDER_CONCURRENCY)
 
-    async def call(chunk: Sequence[store_messages.NewMessage]) -> SendResult:
-        async with gate:
-            return await ctx.provider.send(
-                [m.recipient for m in chunk],
-                request.text,
-                sender=request.sender or settings.provider_sender,
-                dlrurl=dlrurl,
-            )
+        async def call(chunk: Sequence[store_messages.NewMessage]) -> SendResult:
+            async with gate:
+                return await ctx.provider.send(
+                    [m.recipient for m in chunk],
+                    request.text,
+                    sender=request.sender or settings.provider_sender,
+                    dlrurl=dlrurl,
+                )
 
-    if len(chunks) == 1:  # the common case: no tasks to make
-        results = [await call(chunks[0])]
-    else:
-        results = list(await asyncio.gather(*(call(chunk) for chunk in chunks)))
-    settled_at = iso(ctx.clock())
-    outcomes = [
-        _outcome(message, result, settled_at)
-        for chunk, result in zip(chunks, results, strict=True)
-        for message in chunk
-    ]
-    stored, queued = await store_messages.settle(
-        ctx.store, batch, outcomes, webhook_delay=settings.webhook_retry_schedule[0]
-    )
-    if queued:
-        ctx.webhooks_queued()
-    for status, count in Counter(o.status for o in outcomes).items():
-        ctx.metrics.messages.labels(status).inc(count)
+        handed_over = True
+        if len(chunks) == 1:  # the common case: no tasks to make
+            results = [await call(chunks[0])]
+        else:
+            results = list(await asyncio.gather(*(call(chunk) for chunk in chunks)))
+        at = iso(ctx.clock())
+        outcomes = [
+            settlement.outcome(message, result, at)
+            for chunk, result in zip(chunks, results, strict=True)
+            for message in chunk
+        ]
+    except Exception:
+        log.exception("batch %s: the gateway failed around the provider call", batch.batch_id)
+        at = iso(ctx.clock())
+        if handed_over:
+            detail = "the gateway failed after handing the send to the provider"
+            return [
+                settlement.unknown(m, at, "gateway_error", detail) for m in batch.messages
+            ], None
+        detail = "the gateway failed before calling the provider; nothing was sent"
+        return [settlement.refused(m, at, "gateway_error", detail) for m in batch.messages], None
     if log.isEnabledFor(logging.INFO):
         log.info(
             "batch %s for team %s: %d recipients in %d provider call(s): %s",
             batch.batch_id,
-            team_id,
+            batch.team_id,
             len(batch.messages),
             len(chunks),
             ", ".join(sorted({o.status for o in outcomes})),
         )
-    if all(r.failure is not None for r in results):
-        raise _provider_failure(results, batch.batch_id, stored)
-    return {
-        "batch_id": batch.batch_id,
-        "messages": stored,
-        "total_cost": sum(m["cost"] for m in stored),
-        "currency": "RWF",
-    }
+    return outcomes, results
+
+
+AnswerFor = Callable[[list[dict[str, Any]]], KeyAnswer]
+
+
+def _problem(
+    status: int, code: str, title: str, detail: str, batch_id: str, messages: list[dict[str, Any]]
+) -> KeyAnswer:
+    body = problem_body(
+        status,
+        code,
+        title,
+        detail,
+        instance=INSTANCE,
+        extra={"batch_id": batch_id, "messages": messages},
+    )
+    return KeyAnswer(status, PROBLEM_CONTENT_TYPE, dumps(body))
+
+
+def lost_answer(batch_id: str | None, messages: list[dict[str, Any]], detail: str) -> KeyAnswer:
+    """The 504 of a send whose provider answer was not stored: `unknown`, still charged."""
+    return _problem(
+        504,
+        ProviderTimeout.code,
+        ProviderTimeout.title,
+        f"{detail}; the messages are 'unknown' and stay charged until the outcome is known",
+        batch_id or "",
+        messages,
+    )
+
+
+def _answer_builder(batch_id: str, results: Sequence[SendResult] | None) -> AnswerFor:
+    """How the send's answer is built from its messages as stored."""
+
+    def answer_for(messages: list[dict[str, Any]]) -> KeyAnswer:
+        if results is None:  # the gateway failed around the provider call
+            if any(m["status"] == "unknown" for m in messages):
+                return lost_answer(batch_id, messages, "the gateway failed mid-send")
+            return _problem(
+                500,
+                "internal_error",
+                "Internal error",
+                "the gateway failed before calling the provider; nothing was sent and "
+                "nothing is charged",
+                batch_id,
+                messages,
+            )
+        if all(r.failure is not None for r in results):
+            return _provider_failure(results, batch_id, messages)
+        body = {
+            "batch_id": batch_id,
+            "messages": messages,
+            "total_cost": sum(m["cost"] for m in messages),
+            "currency": "RWF",
+        }
+        return KeyAnswer(201, JSON, dumps(body))
+
+    return answer_for
 
 
 def _provider_failure(
-    results: Sequence[SendResult], batch_id: str, stored: list[dict[str, Any]]
-) -> GatewayError:
-    """The error for a send no provider call answered: timeout wins (money may have moved)."""
+    results: Sequence[SendResult], batch_id: str, messages: list[dict[str, Any]]
+) -> KeyAnswer:
+    """The answer for a send no provider call answered: timeout wins (money may have moved)."""
     kinds = {r.failure for r in results}
     detail = next((r.detail for r in results if r.detail), None) or "the provider failed"
-    extra = {"batch_id": batch_id, "messages": stored}
     if "timeout" in kinds:
-        return ProviderTimeout(
-            f"{detail}; the messages are 'unknown' and stay charged until the outcome is known",
-            extra=extra,
-        )
+        return lost_answer(batch_id, messages, detail)
     if "error" in kinds:
-        return ProviderError(f"the provider refused the send: {detail}", extra=extra)
-    return ProviderUnavailable(f"{detail}; nothing was sent", extra=extra)
+        return _problem(
+            ProviderError.status,
+            ProviderError.code,
+            ProviderError.title,
+            f"the provider refused the send: {detail}",
+            batch_id,
+            messages,
+        )
+    return _problem(
+        ProviderUnavailable.status,
+        ProviderUnavailable.code,
+        ProviderUnavailable.title,
+        f"{detail}; nothing was sent",
+        batch_id,
+        messages,
+    )
 
 
-async def recover_interrupted(store: Store, at: datetime) -> None:
-    """After a crash: messages left `sending` become `unknown`, and their in-flight
-    Idempotency-Keys answer what a lost provider answer would have (504, still charged)."""
-    stranded = await store_messages.mark_stranded_unknown(store, iso(at))
-    if stranded:
-        log.warning("%d message(s) left 'sending' by an earlier run are now 'unknown'", stranded)
-    for team_id, key, batch_id in await store_messages.stranded_claims(store):
-        messages = await store_messages.get_batch(store, team_id, batch_id) if batch_id else []
-        body = problem_body(
-            504,
-            "provider_timeout",
-            ProviderTimeout.title,
-            "the gateway stopped before the provider answered; the messages are 'unknown' "
-            "and stay charged until the outcome is known",
-            instance="/messages",
-            extra={"batch_id": batch_id, "messages": messages},
+def _to_answer(answer: KeyAnswer) -> Answer:
+    headers = {"Retry-After": "5"} if answer.status == ProviderUnavailable.status else {}
+    return Answer(answer.status, answer.body, answer.content_type, headers=headers)
+
+
+async def _store_outcome(
+    ctx: SendContext,
+    batch: store_messages.Batch,
+    outcomes: list[Outcome],
+    key: str | None,
+    answer_for: AnswerFor,
+) -> Answer:
+    """Settle the messages (and the key) in one transaction; if the database cannot take it
+    now, answer without inviting a resend and store it later."""
+    try:
+        settled = await store_messages.settle(
+            ctx.store,
+            ctx.owner,
+            batch,
+            outcomes,
+            webhook_delay=ctx.settings.webhook_retry_schedule[0],
+            key=key,
+            answer_for=answer_for,
         )
-        await store_messages.remember_answer(
-            store, team_id, key, 504, PROBLEM_CONTENT_TYPE, dumps(body)
+    except Exception as exc:
+        return await _settle_later(ctx, batch, outcomes, key, answer_for, exc)
+    _settled(ctx, outcomes, settled.webhooks_queued)
+    return _to_answer(settled.answer or answer_for(settled.messages))
+
+
+def _settled(ctx: SendContext, outcomes: Sequence[Outcome], webhooks_queued: int) -> None:
+    if webhooks_queued:
+        ctx.webhooks_queued()
+    for status, count in Counter(o.status for o in outcomes).items():
+        ctx.metrics.messages.labels(status).inc(count)
+
+
+async def _settle_later(
+    ctx: SendContext,
+    batch: store_messages.Batch,
+    outcomes: list[Outcome],
+    key: str | None,
+    answer_for: AnswerFor,
+    error: Exception,
+) -> Answer:
+    """The outcome could not be stored now. If the provider may have acted, the answer is 504
+    with the messages `unknown`; either way it becomes the key's answer, and the outcome is
+    stored in the background as soon as the database allows."""
+    if isinstance(error, DatabaseBusy):
+        log.warning("batch %s: %s; its outcome is stored when it can be", batch.batch_id, error)
+    else:
+        log.error("batch %s: storing its outcome failed", batch.batch_id, exc_info=error)
+    at = iso(ctx.clock())
+    acted = any(o.status != "failed" for o in outcomes)
+    if acted:
+        detail = "the provider answered, but the gateway could not store its outcome yet"
+        pending = [settlement.unknown(m, at, "outcome_pending", detail) for m in batch.messages]
+        answer = lost_answer(
+            batch.batch_id,
+            store_messages.as_settled(batch, pending),
+            "the outcome is not stored yet",
         )
+    else:
+        pending = []
+        answer = answer_for(store_messages.as_settled(batch, outcomes))
+    fixed: AnswerFor = lambda _messages: answer  # noqa: E731 - the client already has it
+    delay = ctx.settings.webhook_retry_schedule[0]
+    stored_pending = False
+    if pending and not isinstance(error, DatabaseBusy):
+        # A failing write (not a lock held elsewhere): the simpler `unknown` may still go in.
+        try:
+            await store_messages.settle(
+                ctx.store, ctx.owner, batch, pending, webhook_delay=delay, key=key, answer_for=fixed
+            )
+            stored_pending = True
+        except Exception as exc:
+            log.error("batch %s: could not mark its messages unknown: %s", batch.batch_id, exc)
+
+    async def write() -> None:
+        settled = await store_messages.settle(
+            ctx.store,
+            ctx.owner,
+            batch,
+            outcomes,
+            webhook_delay=delay,
+            key=None if stored_pending else key,
+            answer_for=fixed,
+        )
+        _settled(ctx, outcomes, settled.webhooks_queued)
+
+    ctx.catch_up.add(write, f"the outcome of batch {batch.batch_id}")
+    return _to_answer(answer)
+
+
+def swept_answer(batch_id: str | None, messages: list[dict[str, Any]]) -> KeyAnswer:
+    """The answer an Idempotency-Key gets when the process answering it died mid-send."""
+    return lost_answer(
+        batch_id, messages, "the gateway stopped before the provider's answer was stored"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -68,6 +69,9 @@ class Settings:
     default_region: str = "RW"
     allowed_regions: tuple[str, ...] = ("RW",)
     sandbox_dlr_delay: float = 1.0
+    callback_allowed_networks: tuple[str, ...] = ()
+    lease_seconds: float = 30.0
+    database_busy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -145,6 +149,20 @@ class Settings:
             raise ConfigError("GATEWAY_PRICE_PER_SEGMENT must not be negative")
         if not self.webhook_retry_schedule or any(s < 0 for s in self.webhook_retry_schedule):
             raise ConfigError("GATEWAY_WEBHOOK_RETRY_SCHEDULE must be non-negative seconds")
+        for network in self.callback_allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"GATEWAY_CALLBACK_ALLOWED_NETWORKS: {network!r} is not a network (CIDR)"
+                ) from None
+        if not 1 <= self.lease_seconds <= 50:
+            raise ConfigError(
+                "GATEWAY_LEASE_SECONDS must be between 1 and 50 (a dead process's sends are "
+                "swept within a minute)"
+            )
+        if self.database_busy_timeout <= 0:
+            raise ConfigError("GATEWAY_DATABASE_BUSY_TIMEOUT must be positive")
 
     @classmethod
     def from_env(
@@ -228,10 +246,24 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             continue  # GATEWAY_* variables the gateway does not know are ignored, like any env
         if key in ("port", "provider_batch_size", "price_per_segment"):
             out[key] = _as_number(key, value, int)
-        elif key in ("provider_timeout", "jwks_min_refresh", "sandbox_dlr_delay"):
+        elif key in (
+            "provider_timeout",
+            "jwks_min_refresh",
+            "sandbox_dlr_delay",
+            "lease_seconds",
+            "database_busy_timeout",
+        ):
             out[key] = _as_number(key, value, float)
         elif key == "sandbox":
             out[key] = _as_bool(key, value)
+        elif key == "callback_allowed_networks":
+            out[key] = tuple(_as_list(value))
+        elif key in ("jwt_issuer", "jwt_audience") and str(value).strip() == "":
+            # Empty would silently turn the check off: say so instead.
+            raise ConfigError(
+                f"{PREFIX}{key.upper()} is empty: set a value, or leave it unset"
+                + (" to use the default 'sms-gateway'" if key == "jwt_audience" else "")
+            )
         elif key == "jwt_algorithms" or key == "allowed_regions":
             out[key] = tuple(a.upper() for a in _as_list(value))
         elif key == "default_region":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .callbacks import CallbackPolicy
 from .errors import ValidationFailed
-from .sending import check_callback_url
+from .validation import check_callback_url
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")
@@ -31,7 +32,7 @@ def check_team_id(value: Any) -> str:
     return value
 
 
-def check_team_fields(body: Any, *, creating: bool) -> dict[str, Any]:
+def check_team_fields(body: Any, *, creating: bool, guard: CallbackPolicy) -> dict[str, Any]:
     """Validate a team body; return the editable fields it sets (plus `id` when creating)."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
@@ -81,5 +82,5 @@ def check_team_fields(body: Any, *, creating: bool) -> dict[str, Any]:
         value = body["callback_url"]
         if value is not None and (not isinstance(value, str) or len(value) > 2048):
             raise _bad("callback_url", "must be an http(s) URL or null")
-        out["callback_url"] = check_callback_url(value)
+        out["callback_url"] = check_callback_url(value, guard)
     return out

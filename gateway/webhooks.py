@@ -17,15 +17,21 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .callbacks import CallbackPolicy, CallbackRefused
 from .clock import Clock
 from .metrics import Metrics
+from .secretbox import SecretBox
 from .store import Store
-from .store.outbox import DueWebhook, due_webhooks, next_due_at, record_attempt
+from .store.outbox import DueWebhook, claim_due_webhooks, next_due_at, record_attempt
 
 log = logging.getLogger("gateway.webhooks")
 
 ATTEMPT_TIMEOUT = 15.0
 IDLE_POLL = 5.0
+# A claim outlives any attempt (and the time to record it); if its process dies mid-attempt,
+# another process delivers the webhook once the claim lapses.
+CLAIM_SECONDS = 60.0
+MAX_BACKOFF = 30.0
 
 
 def secret_key(secret: str) -> bytes:
@@ -62,9 +68,15 @@ class WebhookWorker:
         schedule: Sequence[float],
         clock: Clock,
         *,
+        owner: str,
+        guard: CallbackPolicy | None = None,
+        box: SecretBox | None = None,
         concurrency: int = 16,
         metrics: Metrics | None = None,
     ) -> None:
+        self._owner = owner
+        self._guard = guard or CallbackPolicy(allow_loopback=True)
+        self._box = box
         self._metrics = metrics
         self._store = store
         self._session = session
@@ -100,14 +112,21 @@ class WebhookWorker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self) -> None:
+        backoff = 0.0
         while not self._stopping:
             self._wake.clear()
             try:
                 await self._dispatch()
                 timeout = await self._idle_time()
-            except Exception:  # a locked or busy database must not end delivery
-                log.exception("webhook worker: could not read the queue")
-                timeout = IDLE_POLL
+                backoff = 0.0
+            except Exception as exc:  # a locked or busy database must not end delivery
+                backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)
+                log.warning(
+                    "webhook worker: the queue cannot be read now (%s); retrying in %g s",
+                    exc,
+                    backoff,
+                )
+                timeout = backoff
             if self._stopping:
                 break
             with contextlib.suppress(TimeoutError):
@@ -117,7 +136,10 @@ class WebhookWorker:
         free = self._concurrency - len(self._busy)
         if free <= 0:
             return
-        for hook in await due_webhooks(self._store, self._clock(), free, self._busy):
+        claimed = await claim_due_webhooks(
+            self._store, self._owner, self._clock(), free, CLAIM_SECONDS
+        )
+        for hook in claimed:
             task = asyncio.get_running_loop().create_task(self._attempt(hook))
             self._busy[hook.id] = task
             task.add_done_callback(functools.partial(self._done, hook.id))
@@ -135,7 +157,11 @@ class WebhookWorker:
     def _request(self, hook: DueWebhook) -> Any:
         timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT)
         if hook.kind == "dlr":  # the provider's own DLR format, for drop-in clients
-            url = URL(hook.url).extend_query(json.loads(hook.payload))
+            params = json.loads(hook.payload)
+            sealed = params.pop("password_sealed", None)
+            password = self._box.open(sealed, "client_dlr") if self._box and sealed else None
+            params["password"] = params.get("password") or password or ""
+            url = URL(hook.url).extend_query(params)
             return self._session.get(url, allow_redirects=False, timeout=timeout)
         body = hook.payload.encode()
         headers = signed_headers(hook.secret, hook.id, body, int(time.time()))
@@ -143,10 +169,42 @@ class WebhookWorker:
             hook.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
         )
 
+    async def _record(
+        self,
+        hook: DueWebhook,
+        delivered: bool,
+        http_status: int | None,
+        error: str | None,
+        retry_in: float | None,
+    ) -> bool:
+        """Store the attempt, retrying while the claim lasts; whether it was stored."""
+        delay, deadline = 0.2, time.monotonic() + CLAIM_SECONDS / 2
+        while True:
+            try:
+                return await record_attempt(
+                    self._store,
+                    hook.id,
+                    self._owner,
+                    at=self._clock(),
+                    delivered=delivered,
+                    http_status=http_status,
+                    error=error,
+                    retry_in=None if delivered else retry_in,
+                )
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("webhook %s: could not record its attempt: %s", hook.id, exc)
+                    return False  # the claim lapses and the attempt is made again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _attempt(self, hook: DueWebhook) -> None:
         http_status: int | None = None
         error: str | None = None
+        refusal = self._guard.url_refusal(hook.url)  # names are checked by the resolver
         try:
+            if refusal is not None:
+                raise CallbackRefused(f"the URL {refusal}")
             async with self._request(hook) as resp:
                 http_status = resp.status
                 await resp.content.read(64 * 1024)  # drain a little; the body is not used
@@ -154,6 +212,13 @@ class WebhookWorker:
                 error = f"the receiver answered HTTP {http_status}"
         except TimeoutError:
             error = f"no answer within {ATTEMPT_TIMEOUT:g} s"
+        except CallbackRefused as exc:
+            error = f"refused: {exc}"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, CallbackRefused):
+                error = f"refused: {exc.os_error}"
+            else:
+                error = f"could not reach the receiver: {type(exc).__name__}"
         except aiohttp.ClientError as exc:
             error = f"could not reach the receiver: {type(exc).__name__}"
         except ValueError as exc:  # an URL aiohttp cannot use
@@ -163,15 +228,8 @@ class WebhookWorker:
         delivered = error is None
         if not delivered:
             log.info("webhook %s attempt %d failed: %s", hook.id, attempt, error)
-        await record_attempt(
-            self._store,
-            hook.id,
-            at=self._clock(),
-            delivered=delivered,
-            http_status=http_status,
-            error=error,
-            retry_in=None if delivered else retry_in,
-        )
+        if not await self._record(hook, delivered, http_status, error, retry_in):
+            return
         if self._metrics is not None:  # counted once stored, so a scrape agrees with the table
             result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")
             self._metrics.webhook_attempts.labels(result).inc()

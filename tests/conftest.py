@@ -234,7 +234,12 @@ def serve_env(
     """The environment of an `sms-gateway serve` process in front of a fake provider."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
-        {"GATEWAY_PORT": str(port), "GATEWAY_DATABASE": database, "GATEWAY_JWT_SECRET": JWT_SECRET}
+        {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_DATABASE": database,
+            "GATEWAY_JWT_SECRET": JWT_SECRET,
+            "GATEWAY_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        }
     )
     if provider_url:
         env.update(
@@ -304,6 +309,7 @@ def settings(tmp_path: Path, provider: FakeProvider) -> Settings:
         provider_timeout=2.0,
         public_url="http://gateway.test:8080",
         jwt_secret=JWT_SECRET,
+        callback_allowed_networks=("127.0.0.0/8",),  # the receivers run on loopback
     )
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import domain_error
 from gateway.store import Store
-from gateway.store.db import DatabaseBusy
+from gateway.store.errors import DatabaseBusy
 from gateway.store.messages import forget_expired_keys
 
 
@@ -99,7 +100,9 @@ async def test_a_lock_held_too_long_is_503_and_changes_nothing(tmp_path: Path) -
     async with store_with_lock_held_elsewhere(tmp_path, 0.8, busy_timeout=0.2) as store:
         with pytest.raises(DatabaseBusy) as refused:
             await store.write(put, "while-locked", False)
-        assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+        answer = domain_error(refused.value)
+        assert answer is not None and answer.status == 503
+        assert answer.headers["Retry-After"] == "1"
         assert await store.fetchone("SELECT 1 FROM meta WHERE key = 'while-locked'") is None
         await asyncio.sleep(0.8)  # the other writer lets go
         assert await store.write(put, "later", False) == "later"  # and the store goes on

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import NotFound
-from ..keys import CLOCK, STORE, TEAMS
+from ..keys import CLOCK, SETTINGS, STORE
 from ..store import teams as store_teams
 from ..teams import TEAM_ID, check_team_fields
+from ..validation import callback_guard
 from .common import admin, json_response, read_json
 
 
@@ -21,10 +22,11 @@ def _team_id(request: web.Request) -> str:
 async def create_team(request: web.Request) -> web.Response:
     """Register a team; the answer is the only time its webhook secret is shown, with rotation."""
     await admin(request)
-    fields = check_team_fields(await read_json(request), creating=True)
+    fields = check_team_fields(
+        await read_json(request), creating=True, guard=callback_guard(request.app[SETTINGS])
+    )
     team_id = fields.pop("id")
     team = await store_teams.create_team(request.app[STORE], team_id, fields, request.app[CLOCK]())
-    request.app[TEAMS].forget(team_id)
     return json_response(
         team.public(with_secret=True), status=201, headers={"Location": f"/admin/teams/{team.id}"}
     )
@@ -48,9 +50,10 @@ async def update_team(request: web.Request) -> web.Response:
     """Change a team's name, limits, callback URL or active flag; effective on the next request."""
     await admin(request)
     team_id = _team_id(request)
-    fields = check_team_fields(await read_json(request), creating=False)
+    fields = check_team_fields(
+        await read_json(request), creating=False, guard=callback_guard(request.app[SETTINGS])
+    )
     team = await store_teams.update_team(request.app[STORE], team_id, fields)
-    request.app[TEAMS].forget(team_id)
     return json_response(team.public())
 
 
@@ -59,5 +62,4 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
     await admin(request)
     team_id = _team_id(request)
     team = await store_teams.rotate_webhook_secret(request.app[STORE], team_id)
-    request.app[TEAMS].forget(team_id)
     return json_response(team.public(with_secret=True))

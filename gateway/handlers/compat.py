@@ -7,9 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError, InvalidJSON
+from ..errors import InvalidJSON, ValidationFailed, domain_error
+from ..jsonio import loads
 from ..keys import SEND, SETTINGS
-from ..sending import check_callback_url, send, validate
+from ..sending import send
+from ..validation import callback_guard, check_callback_url, validate
 from .common import read_form, team_for
 
 
@@ -25,8 +27,8 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     """The request's fields, from a form or a JSON body."""
     if request.content_type == "application/json":
         try:
-            data = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError):
+            data = loads(await request.read() or b"{}")
+        except (ValueError, RecursionError):  # (orjson refuses nesting past 1,024 levels)
             raise InvalidJSON("the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise InvalidJSON("the request body must be a JSON object")
@@ -38,6 +40,19 @@ def _recipients(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value  # a JSON list is checked like POST /messages' `to`
+
+
+def _client_dlr(request: web.Request, url: str, fields: dict[str, Any]) -> str:
+    """Where and how the client wants its DLRs; its password only sealed (see secretbox)."""
+    box = request.app[SEND].box
+    assert box is not None, "the app always has a secret box"
+    return json.dumps(
+        {
+            "url": url,
+            "username": str(fields.get("username") or ""),
+            "password_sealed": box.seal(str(fields.get("password") or ""), "client_dlr"),
+        }
+    )
 
 
 async def send_compat(request: web.Request) -> web.Response:
@@ -58,19 +73,21 @@ async def send_compat(request: web.Request) -> web.Response:
         client_dlr = None
         dlrurl = fields.get("dlrurl")
         if dlrurl:
-            check_callback_url(dlrurl if isinstance(dlrurl, str) else None)
-            client_dlr = json.dumps(
-                {
-                    "url": dlrurl,
-                    "username": str(fields.get("username") or ""),
-                    "password": str(fields.get("password") or ""),
-                }
-            )
+            if not isinstance(dlrurl, str):
+                raise ValidationFailed("dlrurl: must be a URL", code="invalid_callback_url")
+            check_callback_url(dlrurl, callback_guard(request.app[SETTINGS]), "dlrurl")
+            client_dlr = _client_dlr(request, dlrurl, fields)
         answer = await send(request.app[SEND], team.id, send_request, client_dlr=client_dlr)
-    except GatewayError as exc:
+    except Exception as exc:
+        error = domain_error(exc)
+        if error is None:
+            raise
         # The provider calls bad numbers and bad fields a 400.
-        status = 400 if exc.status == 422 else exc.status
-        return _error(status, exc.detail, exc.code, exc.headers)
+        status = 400 if error.status == 422 else error.status
+        return _error(status, error.detail, error.code, error.headers)
+    if answer.status != 201:
+        problem = json.loads(answer.body)
+        return _error(answer.status, problem["detail"], problem["code"], answer.headers)
     result = json.loads(answer.body)
     return web.json_response(
         {

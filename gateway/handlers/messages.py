@@ -12,8 +12,9 @@ from ..clock import parse_iso
 from ..errors import NotFound, ValidationFailed
 from ..ids import lowest_ulid
 from ..keys import SEND, SETTINGS, STORE
-from ..sending import check_idempotency_key, request_hash, send, validate
+from ..sending import send
 from ..store import messages as store_messages
+from ..validation import check_idempotency_key, request_hash, validate
 from .common import json_response, read_json, team_for
 
 STATUSES = frozenset({"sending", "sent", "failed", "unknown", "delivered", "undelivered"})
@@ -39,7 +40,9 @@ async def create_message(request: web.Request) -> web.Response:
         body=answer.body,
         status=answer.status,
         content_type=answer.content_type,
-        headers={"Idempotent-Replayed": "true"} if answer.replayed else None,
+        headers={**answer.headers, "Idempotent-Replayed": "true"}
+        if answer.replayed
+        else answer.headers,
     )
 
 

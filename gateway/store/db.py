@@ -22,26 +22,13 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from ..errors import GatewayError
+from .errors import DatabaseBusy, SchemaTooNew, StoreClosed
 
 T = TypeVar("T")
 MAX_GROUP = 256  # writes per group commit
-MIGRATIONS = ("schema_1.sql", "schema_2.sql", "schema_3.sql", "schema_4.sql", "schema_5.sql")
+MIGRATIONS = tuple(f"schema_{n}.sql" for n in range(1, 7))
 PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
 Group = list[tuple[Callable[..., Any], tuple[Any, ...]]]
-
-
-class DatabaseBusy(GatewayError):
-    """Another process held the database's write lock for longer than the gateway waits."""
-
-    status, code, title = 503, "database_busy", "The database is busy"
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            f"another process held the database's write lock for over {seconds:g} s; "
-            "nothing was changed, retry shortly",
-            headers={"Retry-After": "1"},
-        )
 
 
 class Store:
@@ -56,6 +43,7 @@ class Store:
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        self._quick: sqlite3.Connection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -65,11 +53,22 @@ class Store:
         # Used on the loop's thread, and on a worker thread only while the loop waits for it.
         self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._writer.row_factory = sqlite3.Row
-        for pragma in (*PRAGMAS, "busy_timeout=0"):  # never wait for a lock on the loop
+        wait = f"busy_timeout={int(self.busy_timeout * 1000)}"
+        # Until the schema is ready, wait for locks: several processes may start together on a
+        # new file, and switching it to WAL needs a moment alone with it.
+        for pragma in (*PRAGMAS, wait):
             self._writer.execute(f"PRAGMA {pragma}")
         if self.path != ":memory:":  # (a second :memory: connection would be another database)
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
+        _migrate(self._writer)
+        self._writer.execute("PRAGMA busy_timeout=0")  # from now on, never wait on the loop
+        if self.path != ":memory:":
+            # Small reads on the loop's own thread (a team by its id): microseconds, no hand-off.
+            self._quick = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._quick.row_factory = sqlite3.Row
+            for pragma in (*PRAGMAS, "busy_timeout=0"):
+                self._quick.execute(f"PRAGMA {pragma}")
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader.row_factory = aiosqlite.Row
             for pragma in (*PRAGMAS, f"busy_timeout={int(self.busy_timeout * 1000)}"):
@@ -77,8 +76,7 @@ class Store:
             self._checkpointer = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
-            self._checkpointer.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        await self._migrate()
+            self._checkpointer.execute(f"PRAGMA {wait}")
         if self._checkpointer is not None:
             self._checkpoints = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 
@@ -92,10 +90,10 @@ class Store:
                 await self._checkpoints
         if self._reader is not None:
             await self._reader.close()
-        for conn in (self._checkpointer, self._writer):
+        for conn in (self._checkpointer, self._quick, self._writer):
             if conn is not None:
                 conn.close()
-        self._reader = self._writer = self._checkpointer = None
+        self._reader = self._writer = self._checkpointer = self._quick = None
         self._checkpoints = None
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -104,6 +102,8 @@ class Store:
         Writes that arrive while the loop goes round once are grouped into one transaction with
         one COMMIT (group commit). An error in one undoes only that one (see _transact_group).
         """
+        if self._writer is None:
+            raise StoreClosed("the database is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, args, future))
         if self._drainer is None or self._drainer.done():
@@ -180,8 +180,23 @@ class Store:
             return self._writer.execute(sql, tuple(params)).fetchall()
         return list(await self._reader.execute_fetchall(sql, tuple(params)))
 
-    async def _migrate(self) -> None:
-        await self.write(_migrate)
+    async def read_now(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        """One row of a small indexed read, on the loop's thread when the file allows it.
+
+        A WAL reader never waits for the writer, so this costs microseconds; in the rare case
+        that SQLite answers busy (another process recovering the WAL) it goes to the reader.
+        """
+        conn = self._quick if self._quick is not None else self._writer
+        assert conn is not None, "store is not open"
+        if conn is self._writer and self._reader is not None:
+            return await self.fetchone(sql, params)
+        try:
+            row: sqlite3.Row | None = conn.execute(sql, tuple(params)).fetchone()
+            return row
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            return await self.fetchone(sql, params)
 
     async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One write statement, atomically (grouped with other writes); its rowcount."""
@@ -205,14 +220,24 @@ def _run(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to `len(MIGRATIONS)`, recorded in PRAGMA user_version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    for number, name in enumerate(MIGRATIONS, start=1):
-        if number > version:
-            script = resources.files("gateway.store").joinpath(name).read_text()
-            for statement in _statements(script):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
+    """Bring the schema up to `len(MIGRATIONS)` (recorded in PRAGMA user_version) in one
+    transaction, which also makes processes that start together take turns; a database newer
+    than this code is left untouched."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(version, len(MIGRATIONS))
+        for number, name in enumerate(MIGRATIONS, start=1):
+            if number > version:
+                script = resources.files("gateway.store").joinpath(name).read_text()
+                for statement in statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    _commit(conn)
 
 
 def _transact_group(conn: sqlite3.Connection, group: Group) -> list[tuple[bool, Any]]:
@@ -284,7 +309,18 @@ async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
         pass
 
 
-def _statements(script: str) -> list[str]:
-    """Split a schema file into statements (executescript would commit our transaction)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+def statements(script: str) -> list[str]:
+    """A schema file's statements, as SQLite's own tokenizer ends them (executescript would
+    commit the migration's transaction, and a `;` in a string or comment is no boundary)."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in pending.splitlines()
+    ):
+        raise ValueError(f"unterminated statement in schema: {pending.strip()[:60]!r}")
+    return found

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import quota
 from . import outbox
 from .db import Store
-from .rows import resource
+from .rows import message_object, resource
 
 
 @dataclass(frozen=True)
@@ -63,30 +62,6 @@ class PriorAnswer:
     body: str | None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How the provider's answer settles one message."""
-
-    message_id: str
-    status: str  # sent | failed | unknown
-    at: str
-    charged_segments: int
-    cost: int
-    provider_message_id: str | None = None
-    error_code: str | None = None
-    error_detail: str | None = None
-
-
-def _bump(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, int]]) -> None:
-    """Add (messages, segments, cost) deltas to (team, period) counters."""
-    conn.executemany(
-        "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
-        " segments = segments + excluded.segments, cost = cost + excluded.cost",
-        rows,
-    )
-
-
 def _claimed(conn: sqlite3.Connection, team_id: str, claim: IdempotencyClaim) -> PriorAnswer | None:
     row = conn.execute(
         "SELECT * FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
@@ -110,7 +85,7 @@ class TeamInactive(Exception):
 
 
 def _reserve(
-    conn: sqlite3.Connection, batch: Batch, claim: IdempotencyClaim | None
+    conn: sqlite3.Connection, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
     if claim is not None:
         prior = _claimed(conn, batch.team_id, claim)
@@ -141,24 +116,26 @@ def _reserve(
         return refusal
     if claim is not None:
         conn.execute(
-            "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at)"
-            " VALUES (?, ?, ?, ?, 'in_flight', ?)",
-            (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at),
+            "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
+            " owner) VALUES (?, ?, ?, ?, 'in_flight', ?, ?)",
+            (
+                batch.team_id,
+                claim.key,
+                claim.request_hash,
+                batch.batch_id,
+                batch.created_at,
+                owner,
+            ),
         )
     count = len(batch.messages)
-    _bump(
-        conn,
-        [
-            (batch.team_id, batch.day, count, segments, cost),
-            (batch.team_id, batch.month, count, segments, cost),
-        ],
-    )
+    reserved = UsageDelta(count, segments, cost)
+    bump(conn, batch.team_id, {batch.day: reserved, batch.month: reserved})
     events = json.dumps([{"status": "sending", "at": batch.created_at}])
     conn.executemany(
         "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
         " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-        " created_at, events, client_dlr)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, events, client_dlr, owner)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 m.id,
@@ -178,6 +155,7 @@ def _reserve(
                 batch.created_at,
                 events,
                 batch.client_dlr,
+                owner,
             )
             for m in batch.messages
         ],
@@ -186,115 +164,204 @@ def _reserve(
 
 
 async def reserve(
-    store: Store, batch: Batch, claim: IdempotencyClaim | None = None
+    store: Store, owner: str, batch: Batch, claim: IdempotencyClaim | None = None
 ) -> quota.Refusal | PriorAnswer | None:
-    """Check the team's limits, charge the counters and store the messages as `sending`, atomically.
+    """Check the team's limits, charge the counters and store the messages as `sending` under
+    `owner`'s lease, atomically.
 
     With an idempotency claim, a live key's prior answer is returned instead (nothing stored);
     otherwise the key is claimed `in_flight` in the same transaction. Returns the refusal (and
     stores nothing, claiming no key) if a limit would be passed. Raises TeamInactive if the team
     was disabled since it was authenticated.
     """
-    return await store.write(_reserve, batch, claim)
+    return await store.write(_reserve, owner, batch, claim)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one message settles: its new state and what it is charged from now on."""
+
+    message_id: str
+    status: str  # sent | failed | unknown
+    at: str
+    charged_segments: int
+    cost: int
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_detail: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyAnswer:
+    """The answer an Idempotency-Key replays while it lives."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+# An `unknown` message that a lapsed lease or a busy database left behind: the real outcome,
+# when its sender still has it, replaces it.
+CATCH_UP_CODES = ("interrupted", "outcome_pending")
+
+
+@dataclass
+class UsageDelta:
+    """What a change of rows adds to one (team, period) counter."""
+
+    messages: int = 0
+    segments: int = 0
+    cost: int = 0
+
+
+def bump(conn: sqlite3.Connection, team_id: str, deltas: dict[str, UsageDelta]) -> None:
+    """Add each period's delta to the team's counters (same transaction as the rows' change)."""
+    conn.executemany(
+        "INSERT INTO usage (team_id, period, messages, segments, cost)"
+        " VALUES (:team, :period, :messages, :segments, :cost)"
+        " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
+        " segments = segments + excluded.segments, cost = cost + excluded.cost",
+        [
+            {"team": team_id, "period": period, **vars(d)}
+            for period, d in deltas.items()
+            if d.messages or d.segments or d.cost
+        ],
+    )
+
+
+def _counts(charged_segments: int, cost: int) -> int:
+    """Whether a message counts as sent for billing: it is charged something."""
+    return int(charged_segments > 0 or cost > 0)
 
 
 class Settled(NamedTuple):
-    """The batch's messages as the API now shows them, and how many webhooks were queued."""
+    """The batch as the API now shows it, the webhooks queued, and the key's stored answer."""
 
     messages: list[dict[str, Any]]
     webhooks_queued: int
+    answer: KeyAnswer | None
 
 
-def _settled_message(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
-    """What `_settle` wrote for one message, as the API shows it, without reading it back."""
-    return {
-        "id": message.id,
-        "batch_id": batch.batch_id,
-        "to": message.recipient,
-        "text": batch.text,
-        "sender": batch.sender,
-        "reference": batch.reference,
-        "status": o.status,
-        "segments": message.segments,
-        "encoding": batch.encoding,
-        "cost": o.cost,
-        "currency": "RWF",
-        "provider_message_id": o.provider_message_id,
-        "error": {"code": o.error_code, "detail": o.error_detail} if o.error_code else None,
-        "created_at": batch.created_at,
-        "sent_at": o.at if o.status == "sent" else None,
-        "completed_at": o.at if o.status == "failed" else None,
-        "events": [
-            {"status": "sending", "at": batch.created_at},
-            {"status": o.status, "at": o.at},
-        ],
-    }
+def _in_memory(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
+    """What `_settle` wrote for one message, without reading it back."""
+    return message_object(
+        id=message.id,
+        batch_id=batch.batch_id,
+        to=message.recipient,
+        text=batch.text,
+        sender=batch.sender,
+        reference=batch.reference,
+        status=o.status,
+        segments=message.segments,
+        encoding=batch.encoding,
+        cost=o.cost,
+        provider_message_id=o.provider_message_id,
+        error_code=o.error_code,
+        error_detail=o.error_detail,
+        created_at=batch.created_at,
+        sent_at=o.at if o.status == "sent" else None,
+        completed_at=o.at if o.status == "failed" else None,
+        events=[{"status": "sending", "at": batch.created_at}, {"status": o.status, "at": o.at}],
+    )
+
+
+def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """The batch's messages as these outcomes leave them (the answer built from memory)."""
+    reserved = {m.id: m for m in batch.messages}
+    return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
 def _settle(
-    conn: sqlite3.Connection, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float
+    conn: sqlite3.Connection,
+    owner: str,
+    batch: Batch,
+    outcomes: Sequence[Outcome],
+    webhook_delay: float,
+    key: str | None,
+    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
 ) -> Settled:
-    reserved = {m.id: m for m in batch.messages}
-    deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    current = {
+        r["id"]: r
+        for r in conn.execute(
+            "SELECT id, status, owner, error_code, charged_segments, cost FROM messages"
+            " WHERE team_id = ? AND batch_id = ?",
+            (batch.team_id, batch.batch_id),
+        )
+    }
+    changes: list[dict[str, Any]] = []
+    delta = UsageDelta()
     for o in outcomes:
-        r = reserved[o.message_id]
-        d_messages = int(o.charged_segments > 0 or o.cost > 0) - 1
-        for period in (batch.day, batch.month):
-            delta = deltas[period]
-            delta[0] += d_messages
-            delta[1] += o.charged_segments - r.segments
-            delta[2] += o.cost - r.cost
-    updated = conn.executemany(
-        "UPDATE messages SET status = ?, charged_segments = ?, cost = ?,"
-        " provider_message_id = ?, error_code = ?, error_detail = ?,"
-        " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
-        " completed_at = CASE WHEN ? = 'failed' THEN ? ELSE completed_at END,"
-        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?))"
-        " WHERE id = ? AND status = 'sending'",
-        [
-            (
-                o.status,
-                o.charged_segments,
-                o.cost,
-                o.provider_message_id,
-                o.error_code,
-                o.error_detail,
-                o.status,
-                o.at,
-                o.status,
-                o.at,
-                o.status,
-                o.at,
-                o.message_id,
-            )
-            for o in outcomes
-        ],
-    ).rowcount
-    _bump(
-        conn,
-        [(batch.team_id, period, d[0], d[1], d[2]) for period, d in deltas.items() if any(d)],
+        row = current.get(o.message_id)
+        if row is None:
+            continue
+        if not (
+            (row["status"] == "sending" and row["owner"] == owner)
+            or (row["status"] == "unknown" and row["error_code"] in CATCH_UP_CODES)
+        ):
+            continue  # settled already, or by another process: a row settles once
+        delta.messages += _counts(o.charged_segments, o.cost) - _counts(
+            row["charged_segments"], row["cost"]
+        )
+        delta.segments += o.charged_segments - row["charged_segments"]
+        delta.cost += o.cost - row["cost"]
+        changes.append({**vars(o), "was": row["status"]})
+    conn.executemany(
+        "UPDATE messages SET status = :status, charged_segments = :charged_segments,"
+        " cost = :cost, provider_message_id = :provider_message_id, error_code = :error_code,"
+        " error_detail = :error_detail, owner = NULL,"
+        " sent_at = CASE WHEN :status = 'sent' THEN :at ELSE sent_at END,"
+        " completed_at = CASE WHEN :status = 'failed' THEN :at ELSE completed_at END,"
+        # a failed message is final: a drop-in client's DLR target is no longer needed
+        " client_dlr = CASE WHEN :status = 'failed' THEN NULL ELSE client_dlr END,"
+        " events = json_insert(events, '$[#]', json_object('status', :status, 'at', :at))"
+        " WHERE id = :message_id AND status = :was",
+        changes,
     )
+    bump(conn, batch.team_id, {batch.day: delta, batch.month: delta})
     at = outcomes[0].at if outcomes else batch.created_at
     applied = 0
-    if any(o.status in ("sent", "unknown") for o in outcomes):
+    if any(c["status"] in ("sent", "unknown") for c in changes):
         applied = outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
-    if applied or updated != len(batch.messages):
-        # Early delivery reports (or another writer) moved some rows on: read them as stored.
-        messages = _batch_messages(conn, batch.team_id, batch.batch_id)
+    if applied or len(changes) != len(batch.messages):
+        # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
+        messages = batch_messages(conn, batch.team_id, batch.batch_id)
     else:
-        messages = [_settled_message(batch, reserved[o.message_id], o) for o in outcomes]
+        messages = as_settled(batch, outcomes)
+    changed = {c["message_id"] for c in changes}
     team_urls: dict[str, str | None] = {}
     queued = applied + sum(
         outbox.enqueue_webhook(
             conn, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
         )
         for m in messages
-        if m["status"] == "failed"
+        if m["status"] == "failed" and m["id"] in changed
     )
-    return Settled(messages, queued)
+    answer = None
+    if key is not None and answer_for is not None:
+        answer = answer_for(messages)
+        stored = conn.execute(
+            "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
+            " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
+            (answer.status, answer.content_type, answer.body.decode(), batch.team_id, key),
+        ).rowcount
+        if not stored:  # answered already (a sweep gave it the lost-answer 504): keep that one
+            answer = _stored_answer(conn, batch.team_id, key) or answer
+    return Settled(messages, queued, answer)
 
 
-def _batch_messages(conn: sqlite3.Connection, team_id: str, batch_id: str) -> list[dict[str, Any]]:
+def _stored_answer(conn: sqlite3.Connection, team_id: str, key: str) -> KeyAnswer | None:
+    row = conn.execute(
+        "SELECT status, content_type, body FROM idempotency WHERE team_id = ? AND key = ?"
+        " AND state = 'done'",
+        (team_id, key),
+    ).fetchone()
+    if row is None:
+        return None
+    return KeyAnswer(row["status"], row["content_type"], row["body"].encode())
+
+
+def batch_messages(conn: sqlite3.Connection, team_id: str, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's messages as stored, in the order they were stored (inside a transaction)."""
     rows = conn.execute(
         "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
         (team_id, batch_id),
@@ -303,35 +370,33 @@ def _batch_messages(conn: sqlite3.Connection, team_id: str, batch_id: str) -> li
 
 
 async def settle(
-    store: Store, batch: Batch, outcomes: Sequence[Outcome], webhook_delay: float = 0.0
+    store: Store,
+    owner: str,
+    batch: Batch,
+    outcomes: Sequence[Outcome],
+    *,
+    webhook_delay: float = 0.0,
+    key: str | None = None,
+    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None = None,
 ) -> Settled:
-    """Apply the provider's outcomes and move the counters by the difference to the reservation.
+    """Apply outcomes to the rows `owner` is sending (or that wait to catch up) and move the
+    counters by exactly what those rows' charges change, in one transaction.
 
-    In the same transaction: webhooks for the messages that failed are queued, and delivery
-    reports that arrived before this answer was stored are applied. Returns the batch's
-    messages as they now are, and the number of webhooks queued (the worker needs waking
-    only if there are some).
+    In the same transaction: webhooks for messages that failed are queued, delivery reports
+    that arrived before this answer are applied, and, with `key`, the Idempotency-Key gets
+    `answer_for(messages)` as its answer (if a sweep answered it first, that answer stays and
+    is returned). Rows already settled are left as they are.
     """
-    return await store.write(_settle, batch, outcomes, webhook_delay)
+    return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)
 
 
-async def remember_answer(
-    store: Store, team_id: str, key: str, status: int, content_type: str, body: bytes
-) -> None:
-    """Store the first answer under its Idempotency-Key, to be replayed while the key lives."""
+async def remember_answer(store: Store, team_id: str, key: str, answer: KeyAnswer) -> None:
+    """Store the first answer under an in-flight Idempotency-Key (replayed while it lives)."""
     await store.run(
-        "UPDATE idempotency SET state = 'done', status = ?, content_type = ?, body = ?"
-        " WHERE team_id = ? AND key = ?",
-        (status, content_type, body.decode(), team_id, key),
+        "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
+        " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
+        (answer.status, answer.content_type, answer.body.decode(), team_id, key),
     )
-
-
-async def stranded_claims(store: Store) -> list[tuple[str, str, str | None]]:
-    """(team, key, batch) of keys left in flight by a process that died mid-send."""
-    rows = await store.fetchall(
-        "SELECT team_id, key, batch_id FROM idempotency WHERE state = 'in_flight'"
-    )
-    return [(r["team_id"], r["key"], r["batch_id"]) for r in rows]
 
 
 async def forget_expired_keys(store: Store, live_after: str, chunk: int = 2000) -> int:
@@ -350,17 +415,6 @@ async def forget_expired_keys(store: Store, live_after: str, chunk: int = 2000) 
         deleted += count
         if count < chunk:
             return deleted
-
-
-async def mark_stranded_unknown(store: Store, at: str) -> int:
-    """Messages left `sending` by a process that died mid-send become `unknown` (still charged)."""
-    return await store.run(
-        "UPDATE messages SET status = 'unknown', error_code = 'interrupted',"
-        " error_detail = 'the gateway stopped before the provider answered',"
-        " events = json_insert(events, '$[#]', json_object('status', 'unknown', 'at', ?))"
-        " WHERE status = 'sending'",
-        (at,),
-    )
 
 
 async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, Any] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -90,15 +89,17 @@ def _apply(
     if found["status"] not in ("sent", "unknown"):
         return "ignored", found["id"]
     status = FINAL_STATES[report.state]
-    conn.execute(
-        "UPDATE messages SET status = ?, completed_at = ?,"
-        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?)) WHERE id = ?",
+    row = conn.execute(
+        "UPDATE messages SET status = ?, completed_at = ?, owner = NULL,"
+        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?)) WHERE id = ?"
+        " RETURNING *",
         (status, at, status, at, found["id"]),
-    )
-    row = conn.execute("SELECT * FROM messages WHERE id = ?", (found["id"],)).fetchone()
+    ).fetchone()
     enqueue_webhook(conn, row["team_id"], resource(row), row["callback_url"], at, delay, {})
     if row["client_dlr"]:
         _enqueue_client_dlr(conn, row, report.state, at, delay)
+        # The message is final: its DLR target lives on only in that delivery, until it is made.
+        conn.execute("UPDATE messages SET client_dlr = NULL WHERE id = ?", (row["id"],))
     return "applied", found["id"]
 
 
@@ -110,7 +111,7 @@ def _enqueue_client_dlr(
     params = {
         "dnis": row["recipient"],
         "username": target.get("username") or "",
-        "password": target.get("password") or "",
+        "password_sealed": target.get("password_sealed") or "",  # opened by the worker only
         "command": "deliver",
         "dlvrMsgId": row["id"],
         "dlvrMsgStat": state,
@@ -192,57 +193,85 @@ class DueWebhook:
     kind: str  # webhook (signed POST) | dlr (provider-format GET)
 
 
-async def due_webhooks(
-    store: Store, now: datetime, limit: int, busy: Iterable[str] = ()
+def _claim(
+    conn: sqlite3.Connection, owner: str, now: str, until: str, limit: int
 ) -> list[DueWebhook]:
-    """Pending webhooks due by `now`, oldest first, leaving out those being delivered."""
-    busy_ids = set(busy)
-    rows = await store.fetchall(
-        "SELECT w.id, w.url, w.payload, w.attempts, w.kind, t.webhook_secret FROM webhooks w"
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "UPDATE webhooks SET claimed_by = ?, claim_until = ? WHERE id IN ("
+            " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?"
+            " AND (claim_until IS NULL OR claim_until < ?) ORDER BY next_attempt_at LIMIT ?)"
+            " RETURNING id",
+            (owner, until, now, now, limit),
+        )
+    ]
+    if not ids:
+        return []
+    rows = conn.execute(
+        "SELECT w.id, w.url, w.payload, w.attempts, w.kind, t.webhook_secret FROM webhooks w"  # noqa: S608 - placeholders only
         " JOIN teams t ON t.id = w.team_id"
-        " WHERE w.status = 'pending' AND w.next_attempt_at <= ?"
-        " ORDER BY w.next_attempt_at LIMIT ?",
-        (iso(now), limit + len(busy_ids)),
-    )
-    due = [
+        f" WHERE w.id IN ({','.join('?' * len(ids))}) ORDER BY w.next_attempt_at",
+        ids,
+    ).fetchall()
+    return [
         DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["webhook_secret"], r["kind"])
         for r in rows
-        if r["id"] not in busy_ids
     ]
-    return due[:limit]
+
+
+async def claim_due_webhooks(
+    store: Store, owner: str, now: datetime, limit: int, lease: float
+) -> list[DueWebhook]:
+    """Claim up to `limit` pending webhooks due by `now` for `lease` seconds, oldest first.
+
+    A claimed webhook is no one else's until its attempt is recorded or the claim lapses (its
+    process died mid-attempt), so processes sharing the database deliver each once.
+    """
+    return await store.write(_claim, owner, iso(now), iso(now + timedelta(seconds=lease)), limit)
 
 
 async def next_due_at(store: Store) -> datetime | None:
-    """When the earliest pending webhook is due."""
+    """When the earliest pending webhook is due (or its claim lapses)."""
     row = await store.fetchone(
-        "SELECT MIN(next_attempt_at) AS at FROM webhooks WHERE status = 'pending'"
+        "SELECT (SELECT MIN(next_attempt_at) FROM webhooks WHERE status = 'pending'"
+        " AND claim_until IS NULL) AS due,"
+        " (SELECT MIN(claim_until) FROM webhooks WHERE claim_until IS NOT NULL) AS lapses"
     )
-    return parse_iso(row["at"]) if row and row["at"] else None
+    times = [row[name] for name in ("due", "lapses") if row is not None and row[name]]
+    return parse_iso(min(times)) if times else None
 
 
 async def record_attempt(
     store: Store,
     webhook_id: str,
+    owner: str,
     *,
     at: datetime,
     delivered: bool,
     http_status: int | None,
     error: str | None,
     retry_in: float | None,
-) -> None:
-    """Record one attempt: delivered, retried after `retry_in` seconds, or failed for good."""
+) -> bool:
+    """Record one attempt under this process's claim: delivered, retried after `retry_in`
+    seconds, or failed for good; False if the claim had lapsed and another took it."""
     if delivered:
         status, next_at = "delivered", None
     elif retry_in is not None:
         status, next_at = "pending", iso(at + timedelta(seconds=retry_in))
     else:
         status, next_at = "failed", None
-    await store.run(
-        "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-        " last_status = ?, last_error = ?,"
-        " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
-        " WHERE id = ?",
-        (status, next_at, http_status, error, status, iso(at), webhook_id),
+    return bool(
+        await store.run(
+            "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
+            " last_status = ?, last_error = ?, claimed_by = NULL, claim_until = NULL,"
+            " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
+            # a delivered DLR needs its client's password no more
+            " payload = CASE WHEN ? = 'delivered' AND kind = 'dlr'"
+            " THEN json_remove(payload, '$.password_sealed') ELSE payload END"
+            " WHERE id = ? AND claimed_by = ?",
+            (status, next_at, http_status, error, status, iso(at), status, webhook_id, owner),
+        )
     )
 
 

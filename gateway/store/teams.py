@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import secrets
 import sqlite3
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -112,6 +111,13 @@ async def find_team(store: Store, team_id: str) -> Team | None:
     return _team(row) if row else None
 
 
+async def current_team(store: Store, team_id: str) -> Team | None:
+    """The team as stored now, for a request: a change made by any process (the CLI, another
+    gateway) applies from the next request. A primary-key read on the loop's thread."""
+    row = await store.read_now("SELECT * FROM teams WHERE id = ?", (team_id,))
+    return _team(row) if row else None
+
+
 async def get_team(store: Store, team_id: str) -> Team:
     """The team with this id; NotFound otherwise."""
     team = await find_team(store, team_id)
@@ -148,31 +154,3 @@ async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
     ):
         raise NotFound(f"no team {team_id!r}", code="team_not_found")
     return await get_team(store, team_id)
-
-
-class TeamCache:
-    """Teams by id for the request path, kept `ttl` seconds; this process's changes clear them.
-
-    Another process (the CLI) is seen within `ttl`. Quota limits and the active flag are read
-    again inside every send's transaction, so a stale entry can never let a send through.
-    """
-
-    def __init__(self, ttl: float = 1.0) -> None:
-        self._ttl = ttl
-        self._teams: dict[str, tuple[float, Team | None]] = {}
-
-    async def get(self, store: Store, team_id: str) -> Team | None:
-        """The team, from memory when fresh enough."""
-        now = time.monotonic()
-        hit = self._teams.get(team_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        team = await find_team(store, team_id)
-        if len(self._teams) > 10_000:
-            self._teams.clear()
-        self._teams[team_id] = (now, team)
-        return team
-
-    def forget(self, team_id: str) -> None:
-        """Drop a team that this process just changed."""
-        self._teams.pop(team_id, None)

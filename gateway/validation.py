@@ -1,0 +1,156 @@
+"""What a send request must be: the body's fields, recipients, text and Idempotency-Key. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import callbacks, numbers, segments
+from .errors import InvalidRecipient, ValidationFailed
+from .settings import Settings
+
+MAX_RECIPIENTS = 1000
+MAX_SEGMENTS = 10
+SEND_FIELDS = frozenset({"to", "text", "sender", "reference", "callback_url"})
+_ALPHA_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .\-&_]{0,10}")
+_NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """An Idempotency-Key is 1-255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
+def request_hash(body: Any) -> str:
+    """A fingerprint of a request body's meaning (key order and spacing do not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """A validated send: normalised, de-duplicated recipients and the text's segment info."""
+
+    recipients: list[str]
+    text: str
+    info: segments.SegmentInfo
+    sender: str | None
+    reference: str | None
+    callback_url: str | None
+
+
+def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
+    return ValidationFailed(
+        f"{field}: {reason}", code=code, extra={"errors": [{"field": field, "reason": reason}]}
+    )
+
+
+def _optional_string(body: Mapping[str, Any], name: str, max_len: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _field_error(name, "must be a string")
+    if not value.strip():
+        raise _field_error(name, "must not be empty")
+    if len(value) > max_len:
+        raise _field_error(name, f"must be at most {max_len} characters")
+    return value
+
+
+def callback_guard(settings: Settings) -> callbacks.CallbackPolicy:
+    """Where this gateway's callbacks may point (loopback only in the sandbox or if allowed)."""
+    return callbacks.policy(settings.callback_allowed_networks, settings.sandbox)
+
+
+def check_callback_url(
+    value: str | None, guard: callbacks.CallbackPolicy, field: str = "callback_url"
+) -> str | None:
+    """A callback URL must be absolute http(s) and may not point at the gateway's own edge."""
+    if value is None:
+        return None
+    reason = guard.url_refusal(value)
+    if reason is not None:
+        raise _field_error(field, reason, code="invalid_callback_url")
+    return value
+
+
+def validate(body: Any, settings: Settings) -> SendRequest:
+    """Check a POST /messages body: the send, or a 422 naming the problems of the first kind
+    found (unknown fields, then recipients, then each other field)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    unknown = sorted(set(body) - SEND_FIELDS)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}",
+            code="unknown_field",
+            extra={"errors": [{"field": f, "reason": "unknown field"} for f in unknown]},
+        )
+    raw_to = body.get("to")
+    if isinstance(raw_to, str):
+        raw_to = [raw_to]
+    if not isinstance(raw_to, list) or not raw_to:
+        raise _field_error(
+            "to", "must be a phone number or a list of 1 to 1000 of them", code="invalid_recipient"
+        )
+    if len(raw_to) > MAX_RECIPIENTS:
+        raise _field_error(
+            "to", f"at most {MAX_RECIPIENTS} recipients per request", code="too_many_recipients"
+        )
+    recipients, bad = numbers.normalise_all(
+        raw_to, settings.default_region, settings.allowed_regions
+    )
+    if bad:
+        raise InvalidRecipient(
+            f"{len(bad)} of {len(raw_to)} recipients are not valid; nothing was sent",
+            extra={
+                "errors": [
+                    {
+                        "field": f"to[{b.index}]",
+                        "value": b.value if isinstance(b.value, str) else None,
+                        "reason": b.reason,
+                    }
+                    for b in bad
+                ]
+            },
+        )
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise _field_error("text", "must be a non-empty string", code="invalid_text")
+    if len(text) > MAX_SEGMENTS * 160:
+        raise _field_error("text", f"is longer than {MAX_SEGMENTS} segments", code="text_too_long")
+    info = segments.count(text)
+    if info.segments > MAX_SEGMENTS:
+        raise _field_error(
+            "text",
+            f"needs {info.segments} segments ({info.encoding}); at most {MAX_SEGMENTS}",
+            code="text_too_long",
+        )
+    sender = body.get("sender")
+    if sender is not None and not (
+        isinstance(sender, str)
+        and (_ALPHA_SENDER.fullmatch(sender) or _NUMERIC_SENDER.fullmatch(sender))
+    ):
+        raise _field_error(
+            "sender",
+            "must be 1-11 letters, digits, spaces or .-&_, or a number of up to 15 digits",
+            code="invalid_sender",
+        )
+    reference = _optional_string(body, "reference", 255)
+    callback_url = check_callback_url(
+        _optional_string(body, "callback_url", 2048), callback_guard(settings)
+    )
+    return SendRequest(recipients, text, info, sender, reference, callback_url)
