@@ -33,7 +33,7 @@ from .keys import (
     WORKER,
 )
 from .leases import Lease
-from .logs import REQUEST_ID_HEADER, request_id, request_id_for
+from .logs import REQUEST_ID_HEADER, quiet_parser_errors, request_id, request_id_for
 from .metrics import Metrics
 from .provider import ProviderClient
 from .ratelimit import RateLimiter
@@ -58,6 +58,7 @@ PROVIDER_CONNECTIONS = 100
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     """Build the gateway application; resources open when it starts and close when it stops."""
     metrics = Metrics()
+    quiet_parser_errors()
     app = web.Application(
         middlewares=[_edge_middleware(metrics)],
         client_max_size=MAX_BODY_BYTES,

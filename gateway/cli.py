@@ -26,6 +26,7 @@ from .loop import install_fast_loop
 from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
+from .store.errors import StoreError
 from .teams import check_team_fields
 from .usage import billing_report, check_month, report_csv
 from .validation import callback_guard
@@ -194,6 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             access_log_class=AccessLogger,
             print=lambda text: print(text, flush=True),
         )
+    except StoreError as exc:
+        fail(f"database {settings.database}: {exc}")
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -75,6 +76,28 @@ class Redactor(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+class UnreadableRequests(logging.Filter):
+    """aiohttp logs every request its parser refuses (a 9 KB header, a NUL in a header) at
+    ERROR with a traceback; anyone could fill the error log so. One WARNING line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Turn a parser refusal into a one-line warning; leave everything else alone."""
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= (error.code or 500) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a request the HTTP parser could not read (%s): %s"
+            record.args = (error.code, error.message)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_parser_errors() -> None:
+    """Install UnreadableRequests on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnreadableRequests) for f in server.filters):
+        server.addFilter(UnreadableRequests())
 
 
 class JsonFormatter(logging.Formatter):

@@ -99,6 +99,7 @@ class FakeProvider:
     dlr_username: str = USERNAME
     dlr_password: str = PASSWORD
     reports: list[int] = field(default_factory=list)  # HTTP status the gateway gave each report
+    body: Any = None  # when set, the whole JSON answer to every call, as is
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def report(self, dlrurl: str, recipient: str, message_id: str) -> int:
@@ -125,6 +126,8 @@ class FakeProvider:
         self.calls.append(form)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.body is not None:
+            return web.json_response(self.body)
         if self.mode == "error" or self.error_for in form["recipients"].split(","):
             return web.json_response({"status": "error", "message": "Insufficient balance"})
         if self.mode == "http401":

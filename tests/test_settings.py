@@ -99,6 +99,11 @@ def test_pem_path_is_read(tmp_path: Path) -> None:
         ({"GATEWAY_PUBLIC_URL": "gateway.internal"}, "GATEWAY_PUBLIC_URL must be an http"),
         ({"GATEWAY_SANDBOX": "maybe"}, "GATEWAY_SANDBOX must be a boolean"),
         ({"GATEWAY_JWT_PUBLIC_KEY": "/no/such/file.pem"}, "cannot read"),
+        ({"GATEWAY_JWT_AUDIENCE": ""}, "GATEWAY_JWT_AUDIENCE is empty"),
+        ({"GATEWAY_JWT_ISSUER": " "}, "GATEWAY_JWT_ISSUER is empty"),
+        ({"GATEWAY_CALLBACK_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "'intranet' is not a"),
+        ({"GATEWAY_LEASE_SECONDS": "120"}, "GATEWAY_LEASE_SECONDS must be between"),
+        ({"GATEWAY_DATABASE_BUSY_TIMEOUT": "0"}, "BUSY_TIMEOUT must be positive"),
         (
             {
                 "GATEWAY_JWT_ALGORITHMS": "RS256",

@@ -58,6 +58,11 @@ class Store:
         # new file, and switching it to WAL needs a moment alone with it.
         for pragma in (*PRAGMAS, wait):
             self._writer.execute(f"PRAGMA {pragma}")
+        found = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+        if found > len(MIGRATIONS):  # before anything, even the journal mode, is changed
+            self._writer.close()
+            self._writer = None
+            raise SchemaTooNew(found, len(MIGRATIONS))
         if self.path != ":memory:":  # (a second :memory: connection would be another database)
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop

@@ -1,0 +1,245 @@
+"""Several `sms-gateway serve` processes on one SQLite file (a deploy overlap, a second start
+by mistake): leases keep each one's sends its own, and shared work is done once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .conftest import (
+    FakeProvider,
+    Receiver,
+    free_port,
+    gateway_process,
+    ledger_mismatches,
+    mint,
+    serve_env,
+)
+
+ADMIN = {"Authorization": f"Bearer {mint('root', 'admin')}"}
+SEND = {"Authorization": f"Bearer {mint('payments')}"}
+
+
+def rows(database: str, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(database) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def make_team(http: aiohttp.ClientSession, base: str, **fields: Any) -> None:
+    async with http.post(
+        f"{base}/admin/teams", json={"id": "payments", **fields}, headers=ADMIN
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def test_a_second_process_leaves_a_live_send_alone(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    database = str(tmp_path / "gateway.db")
+    first, second = free_port(), free_port()
+    provider.delay = 2.0  # the send is in flight while the second process starts
+    async with aiohttp.ClientSession() as http:
+        async with gateway_process(serve_env(database, first, provider.url), first):
+            base = f"http://127.0.0.1:{first}"
+            await make_team(http, base)
+            sending = asyncio.ensure_future(
+                http.post(f"{base}/messages", json={"to": "0788000001", "text": "hi"}, headers=SEND)
+            )
+            while not provider.calls:
+                await asyncio.sleep(0.02)
+            async with gateway_process(serve_env(database, second, provider.url), second):
+                assert rows(database, "SELECT status FROM messages") == [("sending",)]
+                resp = await sending
+                answer = await resp.json()
+                assert resp.status == 201, answer
+                [message] = answer["messages"]
+                assert message["status"] == "sent" and message["provider_message_id"]
+                url = f"http://127.0.0.1:{second}/messages/{message['id']}"
+                async with http.get(url, headers=SEND) as resp:
+                    assert (await resp.json())["status"] == "sent"
+    assert ledger_mismatches(database) == []
+    assert rows(database, "SELECT messages, cost FROM usage") == [(1, 75), (1, 75)]
+
+
+async def test_a_killed_process_is_swept_by_a_running_one(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    database = str(tmp_path / "gateway.db")
+    first, second = free_port(), free_port()
+    provider.delay = 30.0  # the first process dies before the provider answers
+    env = {"lease_seconds": "3"}
+    send = {**SEND, "Idempotency-Key": "otp-1"}
+    body = {"to": "0788000001", "text": "Your code is 1234"}
+    async with aiohttp.ClientSession() as http:
+        survivor = gateway_process(serve_env(database, second, provider.url, **env), second)
+        async with gateway_process(serve_env(database, first, provider.url, **env), first) as p:
+            await make_team(http, f"http://127.0.0.1:{first}")
+            async with survivor:
+                sending = asyncio.ensure_future(
+                    http.post(f"http://127.0.0.1:{first}/messages", json=body, headers=send)
+                )
+                while not provider.calls:
+                    await asyncio.sleep(0.02)
+                p.send_signal(signal.SIGKILL)
+                await p.wait()
+                sending.cancel()
+                base = f"http://127.0.0.1:{second}"
+                async with asyncio.timeout(20):  # swept by the survivor, not at a restart
+                    while rows(database, "SELECT 1 FROM messages WHERE status = 'sending'"):
+                        await asyncio.sleep(0.1)
+                async with http.post(f"{base}/messages", json=body, headers=send) as resp:
+                    replay = await resp.json()
+                    assert resp.status == 504, replay
+                    assert resp.headers["Idempotent-Replayed"] == "true"
+                [message] = replay["messages"]
+                assert message["status"] == "unknown"
+                assert message["error"]["code"] == "interrupted" and message["cost"] == 75
+    assert len(provider.calls) == 1
+    assert ledger_mismatches(database) == []
+
+
+async def test_two_processes_deliver_each_webhook_once(
+    tmp_path: Path, provider: FakeProvider, receiver: Receiver
+) -> None:
+    database = str(tmp_path / "gateway.db")
+    first, second = free_port(), free_port()
+    env = {"webhook_retry_schedule": "0,6,1,1"}  # retries due after both workers looked
+    receiver.failures = 100  # every first attempt fails, so all retries fall due together
+    refused = [f"0788{n:03d}013" for n in range(100)]  # the provider refuses each: 100 hooks
+    async with aiohttp.ClientSession() as http:
+        async with (
+            gateway_process(serve_env(database, first, provider.url, **env), first),
+            gateway_process(serve_env(database, second, provider.url, **env), second),
+        ):
+            await make_team(http, f"http://127.0.0.1:{first}", callback_url=receiver.url)
+            async with http.post(
+                f"http://127.0.0.1:{second}/messages",
+                json={"to": refused, "text": "x"},
+                headers=SEND,
+            ) as resp:
+                assert resp.status == 201  # answered per recipient: each one refused
+            await receiver.wait_for(200, timeout=30)
+            await asyncio.sleep(1.5)  # anything delivered twice would have arrived by now
+    attempts = Counter(headers["webhook-id"] for headers, _ in receiver.received)
+    assert len(attempts) == 100
+    assert set(attempts.values()) == {2}  # one failed attempt and one delivery each
+    assert rows(database, "SELECT status, COUNT(*) FROM webhooks GROUP BY 1") == [
+        ("delivered", 100)
+    ]
+
+
+async def test_a_team_changed_through_one_process_is_seen_by_the_other(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    database = str(tmp_path / "gateway.db")
+    first, second = free_port(), free_port()
+    body = {"to": "0788000001", "text": "hi"}
+    async with aiohttp.ClientSession() as http:
+        async with (
+            gateway_process(serve_env(database, first, provider.url), first),
+            gateway_process(serve_env(database, second, provider.url), second),
+        ):
+            one, two = f"http://127.0.0.1:{first}", f"http://127.0.0.1:{second}"
+            await make_team(http, one)
+            async with http.post(f"{two}/messages", json=body, headers=SEND) as resp:
+                assert resp.status == 201  # the other process knows the team at once
+            async with http.patch(
+                f"{one}/admin/teams/payments", json={"active": False}, headers=ADMIN
+            ) as resp:
+                assert resp.status == 200
+            async with http.post(f"{two}/messages", json=body, headers=SEND) as resp:
+                assert resp.status == 403 and (await resp.json())["code"] == "team_disabled"
+            async with http.get(f"{two}/messages", headers=SEND) as resp:
+                assert resp.status == 403
+            async with http.patch(
+                f"{one}/admin/teams/payments",
+                json={"active": True, "rate_limit_per_second": 0.001},
+                headers=ADMIN,
+            ) as resp:
+                assert resp.status == 200
+            async with http.get(f"{two}/usage", headers=SEND) as resp:
+                assert resp.status == 200  # the bucket starts full: one request
+            async with http.get(f"{two}/usage", headers=SEND) as resp:
+                assert resp.status == 429  # the new rate applies on the other process too
+    assert len(provider.calls) == 1
+
+
+async def test_processes_starting_together_on_a_new_database(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    for attempt in range(3):
+        database = str(tmp_path / f"new-{attempt}.db")
+        ports = [free_port() for _ in range(3)]
+        async with aiohttp.ClientSession() as http:
+            starts = [
+                gateway_process(serve_env(database, port, provider.url), port) for port in ports
+            ]
+            procs = await asyncio.gather(*(s.__aenter__() for s in starts))
+            try:
+                assert all(p.returncode is None for p in procs)
+                await make_team(http, f"http://127.0.0.1:{ports[0]}")
+                for port in ports:
+                    async with http.get(f"http://127.0.0.1:{port}/usage", headers=SEND) as resp:
+                        assert resp.status == 200
+            finally:
+                for s in starts:
+                    await s.__aexit__(None, None, None)
+        assert rows(database, "PRAGMA user_version") == [(6,)]
+
+
+async def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path: Path) -> None:
+    database = tmp_path / "gateway.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE from_the_future (x)")
+        conn.execute("PRAGMA user_version = 99")
+    before = database.read_bytes()
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        env=serve_env(str(database), port, "http://127.0.0.1:9/api/v2/sms/send"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = [line for line in stderr.decode().splitlines() if "error:" in line]
+    assert len(lines) == 1 and "newer than this gateway" in lines[0], stderr
+    assert "Traceback" not in stderr.decode()
+    assert database.read_bytes() == before
+
+
+async def test_requests_the_parser_refuses_are_one_warning_line(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        async with gateway_process(
+            serve_env(str(tmp_path / "gateway.db"), port, provider.url), port, stderr=log
+        ) as proc:
+            for header in (b"X-Big: " + b"a" * 9000, b"X-Nul: a\x00b"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+                    await writer.drain()
+                    status_line = await asyncio.wait_for(reader.readline(), 10)
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+                assert status_line.split()[1:2] == [b"400"], status_line
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 20)
+    logged = log_path.read_text()
+    warnings = [line for line in logged.splitlines() if "HTTP parser" in line]
+    assert len(warnings) == 2 and all('"level": "warning"' in w for w in warnings), logged
+    assert "Traceback" not in logged and '"level": "error"' not in logged
