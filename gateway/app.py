@@ -29,6 +29,7 @@ from .keys import (
     SEND,
     SETTINGS,
     STORE,
+    TEAMS,
     TIMEZONE,
     WORKER,
 )
@@ -44,6 +45,7 @@ from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
+from .store.teams import TeamCache
 from .upstream import Upstream
 from .validation import callback_guard
 from .webhooks import WebhookWorker
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     )
     app[METRICS] = metrics
     app[RATES] = RateLimiter()
+    app[TEAMS] = TeamCache()
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TIMEZONE] = ZoneInfo(settings.timezone)

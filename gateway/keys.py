@@ -14,6 +14,7 @@ from .ratelimit import RateLimiter
 from .sending import SendContext
 from .settings import Settings
 from .store import Store
+from .store.teams import TeamCache
 from .webhooks import WebhookWorker
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,3 +28,4 @@ OPENAPI = web.AppKey("openapi", bytes)
 WORKER = web.AppKey("worker", WebhookWorker)
 METRICS = web.AppKey("metrics", Metrics)
 RATES = web.AppKey("rates", RateLimiter)
+TEAMS = web.AppKey("teams", TeamCache)

@@ -107,3 +107,133 @@ def test_counters_equal_the_messages_charges(
     steps: list[dict[str, Any]],
 ) -> None:
     asyncio.run(scenario(tmp_path_factory.mktemp("ledger"), team_limits, steps))
+
+
+# --- overlapping processes, at the store: reserve, settle (by the owner or not, once or again),
+# lapsed leases swept, catch-up after a sweep, delivery reports, in any order.
+
+OWNERS = ["prc_a", "prc_b"]
+operation = st.one_of(
+    st.tuples(st.just("reserve"), st.sampled_from(OWNERS), st.integers(1, 3), st.integers(1, 2)),
+    st.tuples(
+        st.just("settle"),
+        st.sampled_from(OWNERS),
+        st.integers(0, 20),  # which batch
+        st.sampled_from(["sent", "failed", "unknown", "refused"]),
+        st.sampled_from([0, 40, 75, 150]),
+    ),
+    st.tuples(st.just("lapse"), st.sampled_from(OWNERS)),
+    st.tuples(st.just("report"), st.integers(0, 20), st.sampled_from(["D", "U"])),
+)
+
+
+async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> None:
+    from datetime import timedelta
+
+    from gateway.clock import iso, utcnow
+    from gateway.sending import swept_answer
+    from gateway.store import Store, outbox
+    from gateway.store import leases as store_leases
+    from gateway.store import messages as store_messages
+    from gateway.store import teams as store_teams
+
+    database = str(directory / "gateway.db")
+    store = Store(database)
+    await store.open()
+    try:
+        now = utcnow()
+        await store_teams.create_team(store, "payments", {"daily_limit": 12}, now)
+        for owner in OWNERS:
+            await store_leases.register(store, owner, "elsewhere", 1, iso(now))
+        batches: list[store_messages.Batch] = []
+        final: dict[str, str] = {}
+        for op in operations:
+            at = iso(utcnow())
+            if op[0] == "reserve":
+                _, owner, recipients, segments = op
+                n = len(batches)
+                batch = store_messages.Batch(
+                    batch_id=f"bat_{n:03d}",
+                    team_id="payments",
+                    text="x",
+                    sender=None,
+                    reference=None,
+                    callback_url=None,
+                    encoding="gsm7",
+                    day=at[:10],
+                    month=at[:7],
+                    created_at=at,
+                    messages=[
+                        store_messages.NewMessage(
+                            f"msg_{n:03d}_{r}", f"2507880{n:03d}{r:02d}", segments, 75 * segments
+                        )
+                        for r in range(recipients)
+                    ],
+                )
+                if await store_messages.reserve(store, owner, batch) is None:
+                    batches.append(batch)
+            elif op[0] == "settle" and op[2] < len(batches):
+                _, owner, index, status, cost = op
+                batch = batches[index]
+                outcomes = []
+                for m in batch.messages:
+                    if status == "refused":
+                        outcomes.append(store_messages.Outcome(m.id, "failed", at, 0, 0))
+                    elif status == "unknown":
+                        outcomes.append(
+                            store_messages.Outcome(m.id, "unknown", at, m.segments, m.cost)
+                        )
+                    else:
+                        outcomes.append(
+                            store_messages.Outcome(
+                                m.id,
+                                status,
+                                at,
+                                m.segments if cost else 0,
+                                cost,
+                                provider_message_id=f"p{m.id}",
+                            )
+                        )
+                await store_messages.settle(store, owner, batch, outcomes)
+            elif op[0] == "lapse":
+                await store.run(
+                    "UPDATE processes SET heartbeat_at = ? WHERE id = ?",
+                    (iso(utcnow() - timedelta(minutes=5)), op[1]),
+                )
+                await store_leases.sweep(
+                    store,
+                    "prc_sweeper",
+                    iso(utcnow() - timedelta(seconds=30)),
+                    [],
+                    at,
+                    swept_answer,
+                )
+            elif op[0] == "report" and op[1] < len(batches):
+                batch = batches[op[1]]
+                m = batch.messages[0]
+                report = outbox.Report(batch.batch_id, f"p{m.id}", m.recipient, op[2])
+                await outbox.receive_report(store, report, at, 0.0)
+            assert ledger_mismatches(database) == []
+            rows = await store.fetchall("SELECT id, status FROM messages")
+            for row in rows:
+                was = final.get(row["id"])
+                if was in ("sent", "failed", "delivered", "undelivered"):
+                    # settled once: only a delivery report may move a sent message on
+                    assert row["status"] == was or (
+                        was == "sent" and row["status"] in ("delivered", "undelivered")
+                    ), (row["id"], was, row["status"])
+                final[row["id"]] = row["status"]
+        day = await store.fetchone("SELECT segments FROM usage WHERE period = ?", (at[:10],))
+        assert day is None or day["segments"] <= 12
+    finally:
+        await store.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=st.lists(operation, min_size=1, max_size=25))
+def test_counters_stay_exact_when_processes_overlap(
+    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[Any, ...]]
+) -> None:
+    asyncio.run(overlapping(tmp_path_factory.mktemp("overlap"), operations))

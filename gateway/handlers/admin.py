@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import NotFound
-from ..keys import CLOCK, SETTINGS, STORE
+from ..keys import CLOCK, SETTINGS, STORE, TEAMS
 from ..store import teams as store_teams
 from ..teams import TEAM_ID, check_team_fields
 from ..validation import callback_guard
@@ -27,6 +27,7 @@ async def create_team(request: web.Request) -> web.Response:
     )
     team_id = fields.pop("id")
     team = await store_teams.create_team(request.app[STORE], team_id, fields, request.app[CLOCK]())
+    request.app[TEAMS].forget(team_id)
     return json_response(
         team.public(with_secret=True), status=201, headers={"Location": f"/admin/teams/{team.id}"}
     )
@@ -54,6 +55,7 @@ async def update_team(request: web.Request) -> web.Response:
         await read_json(request), creating=False, guard=callback_guard(request.app[SETTINGS])
     )
     team = await store_teams.update_team(request.app[STORE], team_id, fields)
+    request.app[TEAMS].forget(team_id)
     return json_response(team.public())
 
 
@@ -62,4 +64,5 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
     await admin(request)
     team_id = _team_id(request)
     team = await store_teams.rotate_webhook_secret(request.app[STORE], team_id)
+    request.app[TEAMS].forget(team_id)
     return json_response(team.public(with_secret=True))

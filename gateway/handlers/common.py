@@ -9,9 +9,9 @@ from aiohttp import web
 from ..auth import Principal, bearer_token, require_scope
 from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited
 from ..jsonio import dumps, loads
-from ..keys import AUTH, METRICS, RATES, STORE
+from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..ratelimit import retry_after
-from ..store.teams import Team, current_team
+from ..store.teams import Team
 
 
 def json_response(
@@ -54,7 +54,7 @@ async def principal(request: web.Request, token: str | None = None) -> Principal
 async def team_for(request: web.Request, scope: str | None, token: str | None = None) -> Team:
     """The calling team, active, holding `scope` if one is named (401/403 otherwise)."""
     caller = await principal(request, token)
-    team = await current_team(request.app[STORE], caller.subject)
+    team = await request.app[TEAMS].get(request.app[STORE], caller.subject)
     if team is None:
         raise Forbidden(
             f"team {caller.subject!r} is not registered on this gateway", code="unknown_team"

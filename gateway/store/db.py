@@ -44,6 +44,7 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._quick: sqlite3.Connection | None = None
+        self._writer_elsewhere = False  # a group runs on a worker thread, waiting for a lock
         self._checkpoints: asyncio.Task[None] | None = None
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -130,9 +131,13 @@ class Store:
                     if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                         raise
                     # Another process holds the write lock: wait for it off the loop's thread.
-                    outcomes = await asyncio.to_thread(
-                        _transact_waiting, conn, items, self.busy_timeout
-                    )
+                    self._writer_elsewhere = True
+                    try:
+                        outcomes = await asyncio.to_thread(
+                            _transact_waiting, conn, items, self.busy_timeout
+                        )
+                    finally:
+                        self._writer_elsewhere = False
             except BaseException as exc:  # the transaction itself failed: every write did
                 if isinstance(exc, sqlite3.OperationalError) and (
                     exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
@@ -184,6 +189,14 @@ class Store:
             assert self._writer is not None, "store is not open"
             return self._writer.execute(sql, tuple(params)).fetchall()
         return list(await self._reader.execute_fetchall(sql, tuple(params)))
+
+    def data_version(self) -> int | None:
+        """SQLite's count of commits made through other connections (other processes, the
+        CLI) as the writer sees it; None when it cannot be asked now. Unchanged means nothing
+        but this process has written the database since."""
+        if self._writer is None or self._writer_elsewhere or self._reader is None:
+            return None
+        return int(self._writer.execute("PRAGMA data_version").fetchone()[0])
 
     async def read_now(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """One row of a small indexed read, on the loop's thread when the file allows it.

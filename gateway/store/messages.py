@@ -265,6 +265,20 @@ def _in_memory(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
     )
 
 
+_SETTLE = (
+    "UPDATE messages SET status = ?1, charged_segments = ?2, cost = ?3,"
+    " provider_message_id = ?4, error_code = ?5, error_detail = ?6, owner = NULL,"
+    " sent_at = CASE WHEN ?1 = 'sent' THEN ?7 ELSE sent_at END,"
+    " completed_at = CASE WHEN ?1 = 'failed' THEN ?7 ELSE completed_at END,"
+    # a failed message is final: a drop-in client's DLR target is no longer needed
+    " client_dlr = CASE WHEN ?1 = 'failed' THEN NULL ELSE client_dlr END,"
+    " events = json_insert(events, '$[#]', json_object('status', ?1, 'at', ?7))"
+    " WHERE id = ?8 AND "
+)
+_SETTLE_OWNED = _SETTLE + "status = 'sending' AND owner = ?9"
+_SETTLE_CAUGHT_UP = _SETTLE + "status = 'unknown' AND error_code = ?9"
+
+
 def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     """The batch's messages as these outcomes leave them (the answer built from memory)."""
     reserved = {m.id: m for m in batch.messages}
@@ -280,54 +294,50 @@ def _settle(
     key: str | None,
     answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
 ) -> Settled:
-    current = {
-        r["id"]: r
-        for r in conn.execute(
-            "SELECT id, status, owner, error_code, charged_segments, cost FROM messages"
-            " WHERE team_id = ? AND batch_id = ?",
-            (batch.team_id, batch.batch_id),
-        )
-    }
-    changes: list[dict[str, Any]] = []
+    reserved = {m.id: m for m in batch.messages}
+    changed: set[str] = set()
     delta = UsageDelta()
     for o in outcomes:
-        row = current.get(o.message_id)
-        if row is None:
-            continue
-        if not (
-            (row["status"] == "sending" and row["owner"] == owner)
-            or (row["status"] == "unknown" and row["error_code"] in CATCH_UP_CODES)
-        ):
-            continue  # settled already, or by another process: a row settles once
-        delta.messages += _counts(o.charged_segments, o.cost) - _counts(
-            row["charged_segments"], row["cost"]
+        values = (
+            o.status,
+            o.charged_segments,
+            o.cost,
+            o.provider_message_id,
+            o.error_code,
+            o.error_detail,
+            o.at,
+            o.message_id,
         )
-        delta.segments += o.charged_segments - row["charged_segments"]
-        delta.cost += o.cost - row["cost"]
-        changes.append({**vars(o), "was": row["status"]})
-    conn.executemany(
-        "UPDATE messages SET status = :status, charged_segments = :charged_segments,"
-        " cost = :cost, provider_message_id = :provider_message_id, error_code = :error_code,"
-        " error_detail = :error_detail, owner = NULL,"
-        " sent_at = CASE WHEN :status = 'sent' THEN :at ELSE sent_at END,"
-        " completed_at = CASE WHEN :status = 'failed' THEN :at ELSE completed_at END,"
-        # a failed message is final: a drop-in client's DLR target is no longer needed
-        " client_dlr = CASE WHEN :status = 'failed' THEN NULL ELSE client_dlr END,"
-        " events = json_insert(events, '$[#]', json_object('status', :status, 'at', :at))"
-        " WHERE id = :message_id AND status = :was",
-        changes,
-    )
+        if conn.execute(_SETTLE_OWNED, (*values, owner)).rowcount:
+            # a row `sending` under its owner's lease still carries exactly its reservation
+            was_segments, was_cost = reserved[o.message_id].segments, reserved[o.message_id].cost
+        else:
+            row = conn.execute(
+                "SELECT status, error_code, charged_segments, cost FROM messages WHERE id = ?",
+                (o.message_id,),
+            ).fetchone()
+            if (
+                row is None
+                or row["status"] != "unknown"
+                or row["error_code"] not in CATCH_UP_CODES
+                or not conn.execute(_SETTLE_CAUGHT_UP, (*values, row["error_code"])).rowcount
+            ):
+                continue  # settled already, or by another process: a row settles once
+            was_segments, was_cost = row["charged_segments"], row["cost"]
+        delta.messages += _counts(o.charged_segments, o.cost) - _counts(was_segments, was_cost)
+        delta.segments += o.charged_segments - was_segments
+        delta.cost += o.cost - was_cost
+        changed.add(o.message_id)
     bump(conn, batch.team_id, {batch.day: delta, batch.month: delta})
     at = outcomes[0].at if outcomes else batch.created_at
     applied = 0
-    if any(c["status"] in ("sent", "unknown") for c in changes):
+    if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
         applied = outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
-    if applied or len(changes) != len(batch.messages):
+    if applied or len(changed) != len(batch.messages):
         # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
         messages = batch_messages(conn, batch.team_id, batch.batch_id)
     else:
         messages = as_settled(batch, outcomes)
-    changed = {c["message_id"] for c in changes}
     team_urls: dict[str, str | None] = {}
     queued = applied + sum(
         outbox.enqueue_webhook(

@@ -154,3 +154,35 @@ async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
     ):
         raise NotFound(f"no team {team_id!r}", code="team_not_found")
     return await get_team(store, team_id)
+
+
+class TeamCache:
+    """Teams by id for the request path, valid while no other process has written the database.
+
+    SQLite's data_version (asked on this process's writer, microseconds) moves whenever another
+    connection commits: the CLI, another `serve` process. Then every entry is read again, so a
+    team disabled, limited or re-keyed anywhere applies from the next request. This process's
+    own team changes drop their entry (`forget`). Without a data_version (while the writer
+    waits for a lock elsewhere) the team is read each time.
+    """
+
+    def __init__(self) -> None:
+        self._teams: dict[str, Team | None] = {}
+        self._version: int | None = None
+
+    async def get(self, store: Store, team_id: str) -> Team | None:
+        """The team as stored now."""
+        version = store.data_version()
+        if version is None or version != self._version:
+            self._teams.clear()
+            self._version = version
+        if team_id in self._teams:
+            return self._teams[team_id]
+        team = await current_team(store, team_id)
+        if version is not None and len(self._teams) < 10_000:
+            self._teams[team_id] = team
+        return team
+
+    def forget(self, team_id: str) -> None:
+        """Drop a team that this process just changed."""
+        self._teams.pop(team_id, None)
