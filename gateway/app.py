@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 from .auth import Authenticator
 from .callbacks import GuardedResolver
 from .clock import Clock, iso, utcnow
+from .dashboard import setup_dashboard
 from .dlrtoken import DlrTokens
 from .errors import problem_for
 from .keys import (
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app[OPENAPI] = resources.files("gateway").joinpath("openapi.yaml").read_bytes()
     app.cleanup_ctx.append(_resources)
     setup_routes(app)
+    setup_dashboard(app)
     return app
 
 

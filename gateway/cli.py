@@ -177,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 f"  team:        {SANDBOX_TEAM}\n"
                 f"  token:       {token}\n"
                 f"  admin token: {admin_token}\n"
+                f"  dashboard:   {settings.public_url}/dashboard/ (sign in with the admin token)\n"
                 "Try:\n"
                 f"  export TOKEN={token}\n"
                 f'  curl -s {settings.public_url}/messages -H "Authorization: Bearer $TOKEN" '

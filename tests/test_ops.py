@@ -52,6 +52,6 @@ async def test_openapi_is_served_and_describes_every_route(client: Client) -> No
     for route in client.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
-        if route.method != "HEAD" and path:
+        if route.method != "HEAD" and path and not path.startswith("/dashboard"):
             routed.add((route.method, path))
-    assert routed == documented
+    assert routed == documented  # the dashboard's pages are HTML for people, not the API

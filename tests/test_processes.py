@@ -191,7 +191,7 @@ async def test_processes_starting_together_on_a_new_database(
             finally:
                 for s in starts:
                     await s.__aexit__(None, None, None)
-        assert rows(database, "PRAGMA user_version") == [(6,)]
+        assert rows(database, "PRAGMA user_version") == [(7,)]
 
 
 async def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path: Path) -> None:

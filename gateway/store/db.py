@@ -26,7 +26,7 @@ from .errors import DatabaseBusy, SchemaTooNew, StoreClosed
 
 T = TypeVar("T")
 MAX_GROUP = 256  # writes per group commit
-MIGRATIONS = tuple(f"schema_{n}.sql" for n in range(1, 7))
+MIGRATIONS = tuple(f"schema_{n}.sql" for n in range(1, 8))
 PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
 Group = list[tuple[Callable[..., Any], tuple[Any, ...]]]
 
