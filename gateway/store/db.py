@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ class Store:
         self._checkpointer: sqlite3.Connection | None = None
         self._quick: sqlite3.Connection | None = None
         self._writer_elsewhere = False  # a group runs on a worker thread, waiting for a lock
+        self._checkpointing = threading.Lock()
         self._checkpoints: asyncio.Task[None] | None = None
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -96,11 +98,19 @@ class Store:
                 await self._checkpoints
         if self._reader is not None:
             await self._reader.close()
-        for conn in (self._checkpointer, self._quick, self._writer):
+        # A checkpoint cancelled above may still run on its thread: wait for it, off the loop.
+        await asyncio.to_thread(self._close_checkpointer)
+        for conn in (self._quick, self._writer):
             if conn is not None:
                 conn.close()
         self._reader = self._writer = self._checkpointer = self._quick = None
         self._checkpoints = None
+
+    def _close_checkpointer(self) -> None:
+        with self._checkpointing:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(connection, *args)` atomically; its result (or its exception).
@@ -165,8 +175,11 @@ class Store:
             return (0, 0, 0)
 
         def run() -> tuple[int, int, int]:
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            return int(row[0]), int(row[1]), int(row[2])
+            with self._checkpointing:  # close() waits for this before closing the connection
+                if self._checkpointer is None:
+                    return (0, 0, 0)
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return int(row[0]), int(row[1]), int(row[2])
 
         return await asyncio.to_thread(run)
 
