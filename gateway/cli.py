@@ -8,10 +8,10 @@ import gc
 import json
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +23,8 @@ from .clock import utcnow
 from .errors import GatewayError
 from .keys import STORE
 from .loop import install_fast_loop
+from .sandbox import signing_key as sandbox_signing_key
+from .sandbox import stored_signing_key
 from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
@@ -95,8 +97,13 @@ def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
                 env.get(k)
                 for k in ("GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWKS_URL")
             ):
-                # A sandbox with no key gets one for this run, so the printed token just works.
-                env["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(48)
+                # A sandbox with no key uses the one kept in its database (made on first start),
+                # so the printed tokens work, survive a restart, and `token issue` can sign.
+                database = Settings.from_env(env, args.config, sandbox=True, check=False).database
+                try:
+                    env["GATEWAY_JWT_SECRET"] = sandbox_signing_key(database)
+                except Exception as exc:  # sqlite3 errors, permissions: one line
+                    fail(f"cannot open database {database}: {exc}")
             return Settings.from_env(env, args.config, sandbox=sandbox or None)
         return Settings.from_env(
             os.environ, args.config, sandbox=True if sandbox else None, check=False
@@ -156,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = load_settings(args, serving=True)
     install_fast_loop()
-    logs.configure(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), secrets=settings.secrets)
+    logs.configure(settings.log_level, secrets=settings.secrets)
     try:
         app = create_app(settings)
     except ConfigError as exc:
@@ -293,6 +300,10 @@ def cmd_token_issue(args: argparse.Namespace) -> None:
     unknown = sorted(set(scopes) - {"messages:send", "messages:read", "admin"})
     if unknown:
         fail(f"unknown scope(s) {', '.join(unknown)}; use messages:send, messages:read, admin")
+    if not settings.jwt_secret:  # a sandbox's database keeps its own key
+        key = _run(settings, stored_signing_key)
+        if key:
+            settings = replace(settings, jwt_secret=key)
     if "admin" not in scopes:
         team = _run(settings, lambda s: store_teams.find_team(s, args.team))
         if team is None:
@@ -381,15 +392,24 @@ def _add_team_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as one line (not a usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        """One clear line on stderr and exit 2."""
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="FILE",
         help="TOML file with settings (lower-case, no GATEWAY_ prefix); the environment wins",
     )
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sms-gateway", description="Internal SMS gateway in front of Bulk SMS DSC."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -48,6 +48,10 @@ class InvalidBody(GatewayError):
     status, code, title = 400, "invalid_body", "The body cannot be read"
 
 
+class UnsupportedMediaType(GatewayError):
+    status, code, title = 415, "unsupported_media_type", "Send the body as JSON"
+
+
 class ValidationFailed(GatewayError):
     status, code, title = 422, "validation_error", "The request is not valid"
 

@@ -11,12 +11,14 @@ import asyncio
 import hmac
 import itertools
 import logging
+import secrets
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
 from . import segments
+from .store import Store
 
 log = logging.getLogger("gateway.sandbox")
 
@@ -150,3 +152,29 @@ class Simulator:
                     log.info("sandbox DLR for %s answered HTTP %s", message_id, resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.info("sandbox DLR for %s not delivered: %s", message_id, type(exc).__name__)
+
+
+SIGNING_KEY = "sandbox_jwt_secret"
+
+
+def signing_key(database: str) -> str:
+    """The sandbox's HS256 key, made once and kept in its database (so tokens survive a
+    restart and `sms-gateway token issue` works against the sandbox); creates the database."""
+    if database == ":memory:":
+        return secrets.token_hex(32)
+
+    async def read() -> str:
+        store = Store(database)
+        await store.open()
+        try:
+            return (await store.secret(SIGNING_KEY)).hex()
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+async def stored_signing_key(store: Store) -> str | None:
+    """The sandbox's key, if this database belongs to a sandbox."""
+    row = await store.fetchone("SELECT value FROM meta WHERE key = ?", (SIGNING_KEY,))
+    return str(row["value"]) if row else None

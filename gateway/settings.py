@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import phonenumbers
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 PREFIX = "GATEWAY_"
@@ -34,6 +35,9 @@ SUPPORTED_ALGORITHMS = frozenset(
 )
 # Fixed sandbox credentials: the simulated provider checks them like the real one would.
 SANDBOX_CREDENTIALS = ("sandbox-api-key", "sandbox", "sandbox-password")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(Exception):
@@ -71,6 +75,7 @@ class Settings:
     sandbox_dlr_delay: float = 1.0
     callback_allowed_networks: tuple[str, ...] = ()
     lease_seconds: float = 30.0
+    log_level: str = "INFO"
     database_busy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -156,6 +161,22 @@ class Settings:
                 raise ConfigError(
                     f"GATEWAY_CALLBACK_ALLOWED_NETWORKS: {network!r} is not a network (CIDR)"
                 ) from None
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"GATEWAY_PORT must be between 1 and 65535, got {self.port}")
+        unknown_regions = sorted(
+            {self.default_region, *self.allowed_regions} - phonenumbers.SUPPORTED_REGIONS
+        )
+        if unknown_regions:
+            raise ConfigError(
+                f"unknown region(s) {', '.join(unknown_regions)} in GATEWAY_DEFAULT_REGION or "
+                "GATEWAY_ALLOWED_REGIONS (two-letter ISO codes such as RW)"
+            )
+        if self.jwks_min_refresh < 0 or self.sandbox_dlr_delay < 0:
+            raise ConfigError(
+                "GATEWAY_JWKS_MIN_REFRESH and GATEWAY_SANDBOX_DLR_DELAY must not be negative"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if not 1 <= self.lease_seconds <= 50:
             raise ConfigError(
                 "GATEWAY_LEASE_SECONDS must be between 1 and 50 (a dead process's sends are "
@@ -183,6 +204,11 @@ class Settings:
             try:
                 with open(config_file, "rb") as fh:
                     raw = {str(k).lower(): v for k, v in tomllib.load(fh).items()}
+                unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+                if unknown:
+                    raise ConfigError(
+                        f"config file {config_file}: unknown setting(s) {', '.join(unknown)}"
+                    )
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read config file {config_file}: {exc.strerror}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import callbacks, numbers, segments
 from .errors import InvalidRecipient, ValidationFailed
@@ -19,6 +19,7 @@ SEND_FIELDS = frozenset({"to", "text", "sender", "reference", "callback_url"})
 _ALPHA_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .\-&_]{0,10}")
 _NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+T = TypeVar("T")
 
 
 def check_idempotency_key(value: str | None) -> str | None:
@@ -88,18 +89,51 @@ def check_callback_url(
 
 
 def validate(body: Any, settings: Settings) -> SendRequest:
-    """Check a POST /messages body: the send, or a 422 naming the problems of the first kind
-    found (unknown fields, then recipients, then each other field)."""
+    """Check a POST /messages body: the send, or one 422 that lists every problem in it
+    (unknown fields, each bad recipient, the text, the other fields); its `code` is the
+    first problem's."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
+    problems: list[ValidationFailed | InvalidRecipient] = []
+
+    def check(step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except (ValidationFailed, InvalidRecipient) as exc:
+            problems.append(exc)
+            return None
+
     unknown = sorted(set(body) - SEND_FIELDS)
     if unknown:
-        raise ValidationFailed(
-            f"unknown field(s): {', '.join(unknown)}",
-            code="unknown_field",
-            extra={"errors": [{"field": f, "reason": "unknown field"} for f in unknown]},
+        problems.append(
+            ValidationFailed(
+                f"unknown field(s): {', '.join(unknown)}",
+                code="unknown_field",
+                extra={"errors": [{"field": f, "reason": "unknown field"} for f in unknown]},
+            )
         )
-    raw_to = body.get("to")
+    recipients = check(lambda: _recipients(body.get("to"), settings))
+    counted = check(lambda: _text(body.get("text")))
+    sender = check(lambda: _sender(body.get("sender")))
+    reference = check(lambda: _optional_string(body, "reference", 255))
+    callback_url = check(
+        lambda: check_callback_url(
+            _optional_string(body, "callback_url", 2048), callback_guard(settings)
+        )
+    )
+    if problems:
+        first = problems[0]
+        raise type(first)(
+            "; ".join(p.detail for p in problems),
+            code=first.code,
+            extra={"errors": [e for p in problems for e in p.extra.get("errors", [])]},
+        )
+    assert recipients is not None and counted is not None
+    text, info = counted
+    return SendRequest(recipients, text, info, sender, reference, callback_url)
+
+
+def _recipients(raw_to: Any, settings: Settings) -> list[str]:
     if isinstance(raw_to, str):
         raw_to = [raw_to]
     if not isinstance(raw_to, list) or not raw_to:
@@ -127,7 +161,10 @@ def validate(body: Any, settings: Settings) -> SendRequest:
                 ]
             },
         )
-    text = body.get("text")
+    return recipients
+
+
+def _text(text: Any) -> tuple[str, segments.SegmentInfo]:
     if not isinstance(text, str) or not text:
         raise _field_error("text", "must be a non-empty string", code="invalid_text")
     if len(text) > MAX_SEGMENTS * 160:
@@ -139,7 +176,10 @@ def validate(body: Any, settings: Settings) -> SendRequest:
             f"needs {info.segments} segments ({info.encoding}); at most {MAX_SEGMENTS}",
             code="text_too_long",
         )
-    sender = body.get("sender")
+    return text, info
+
+
+def _sender(sender: Any) -> str | None:
     if sender is not None and not (
         isinstance(sender, str)
         and (_ALPHA_SENDER.fullmatch(sender) or _NUMERIC_SENDER.fullmatch(sender))
@@ -149,8 +189,4 @@ def validate(body: Any, settings: Settings) -> SendRequest:
             "must be 1-11 letters, digits, spaces or .-&_, or a number of up to 15 digits",
             code="invalid_sender",
         )
-    reference = _optional_string(body, "reference", 255)
-    callback_url = check_callback_url(
-        _optional_string(body, "callback_url", 2048), callback_guard(settings)
-    )
-    return SendRequest(recipients, text, info, sender, reference, callback_url)
+    return sender

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -113,6 +114,10 @@ def test_token_issue(tmp_path: Path) -> None:
         (("team", "update", "ghost"), "nothing to change"),
         (("token", "issue", "--team", "ghost"), "no team 'ghost'"),
         (("token", "issue", "--team", "x", "--scope", "admin root"), "unknown scope"),
+        (("team", "create"), "the following arguments are required: id"),
+        (("team", "create", "x", "--daily-limit", "lots"), "is not a whole number"),
+        (("usage", "--bogus"), "unrecognized arguments: --bogus"),
+        (("frobnicate",), "invalid choice"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
@@ -168,12 +173,13 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         assert "usage: sms-gateway" in run(tmp_path, *args).stdout
 
 
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+@contextlib.asynccontextmanager
+async def sandbox_process(
+    tmp_path: Path, port: int, logs: list[str]
+) -> AsyncIterator[tuple[str, str, str]]:
     """`sms-gateway serve --sandbox` as a real process; yields its URL and printed tokens."""
-    port = free_port()
     env = env_for(tmp_path, GATEWAY_PORT=str(port), GATEWAY_SANDBOX_DLR_DELAY="0.1")
-    del env["GATEWAY_JWT_SECRET"]  # the sandbox makes its own key and prints a token
+    del env["GATEWAY_JWT_SECRET"]  # the sandbox keeps its own key and prints tokens
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -202,8 +208,40 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
         proc.terminate()
         await proc.wait()
         assert proc.stderr is not None
-        logged = (await proc.stderr.read()).decode()
-        assert "/dlr/" in logged and SANDBOX_CREDENTIALS[2] not in logged
+        logs.append((await proc.stderr.read()).decode())
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """A running sandbox; its log must show DLRs and no provider password."""
+    logs: list[str] = []
+    async with sandbox_process(tmp_path, free_port(), logs) as running:
+        yield running
+    assert "/dlr/" in logs[0] and SANDBOX_CREDENTIALS[2] not in logs[0]
+
+
+async def test_sandbox_tokens_survive_a_restart_and_the_cli_can_sign(tmp_path: Path) -> None:
+    logs: list[str] = []
+    port = free_port()
+    env = env_for(tmp_path)
+    del env["GATEWAY_JWT_SECRET"]
+    async with aiohttp.ClientSession() as http:
+        async with sandbox_process(tmp_path, port, logs) as (url, token, _):
+            issued = await asyncio.to_thread(
+                run, tmp_path, "token", "issue", "--team", "sandbox", env=env
+            )
+            for bearer in (token, issued.stdout.strip()):
+                async with http.get(
+                    f"{url}/usage", headers={"Authorization": f"Bearer {bearer}"}
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+        async with sandbox_process(tmp_path, port, logs) as (url, second, _):
+            assert second != ""
+            async with http.get(
+                f"{url}/usage", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                assert resp.status == 200  # the first run's token still works
+    assert all(token not in log for log in logs)
 
 
 async def test_sandbox_send_deliver_and_look_up(

@@ -439,3 +439,33 @@ async def test_no_secret_reaches_logs_or_answers(
     for secret in (PASSWORD, API_KEY, JWT_SECRET):
         assert secret not in text
     assert SEND["Authorization"].split()[1] not in text
+
+
+async def test_one_422_lists_every_problem(client: Client, provider: FakeProvider) -> None:
+    resp = await send(
+        client,
+        {
+            "to": ["0788123456", "12", "0788000001", "not a number"],
+            "text": "",
+            "sender": "way-too-long-sender-id",
+            "colour": "blue",
+        },
+    )
+    body = await problem(resp, 422, "unknown_field")  # the first problem's code
+    fields = [e["field"] for e in body["errors"]]
+    assert fields == ["colour", "to[1]", "to[3]", "text", "sender"]
+    assert provider.calls == []
+
+
+async def test_a_form_post_is_415_saying_to_send_json(client: Client) -> None:
+    resp = await client.post(
+        "/messages", data={"to": "0788123456", "text": "hi"}, headers=SEND
+    )  # a form, as `curl -d` sends without a Content-Type
+    body = await problem(resp, 415, "unsupported_media_type")
+    assert "Content-Type: application/json" in body["detail"]
+    resp = await client.post(
+        "/admin/teams",
+        data="id=x",
+        headers={**auth(mint("root", "admin")), "Content-Type": "text/plain"},
+    )
+    await problem(resp, 415, "unsupported_media_type")

@@ -100,6 +100,13 @@ def test_pem_path_is_read(tmp_path: Path) -> None:
         ({"GATEWAY_SANDBOX": "maybe"}, "GATEWAY_SANDBOX must be a boolean"),
         ({"GATEWAY_JWT_PUBLIC_KEY": "/no/such/file.pem"}, "cannot read"),
         ({"GATEWAY_JWT_AUDIENCE": ""}, "GATEWAY_JWT_AUDIENCE is empty"),
+        ({"GATEWAY_PORT": "0"}, "GATEWAY_PORT must be between 1 and 65535"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT must be between 1 and 65535"),
+        ({"GATEWAY_ALLOWED_REGIONS": "RW,XX"}, "unknown region"),
+        ({"GATEWAY_DEFAULT_REGION": "Rwanda"}, "unknown region"),
+        ({"GATEWAY_PROVIDER_TIMEOUT": "-1"}, "GATEWAY_PROVIDER_TIMEOUT must be positive"),
+        ({"GATEWAY_SANDBOX_DLR_DELAY": "-1"}, "must not be negative"),
+        ({"GATEWAY_LOG_LEVEL": "chatty"}, "GATEWAY_LOG_LEVEL must be one of"),
         ({"GATEWAY_JWT_ISSUER": " "}, "GATEWAY_JWT_ISSUER is empty"),
         ({"GATEWAY_CALLBACK_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "'intranet' is not a"),
         ({"GATEWAY_LEASE_SECONDS": "120"}, "GATEWAY_LEASE_SECONDS must be between"),
@@ -123,3 +130,14 @@ def test_unusable_settings(change: dict[str, str], message: str) -> None:
 def test_sandbox_needs_no_provider_credentials() -> None:
     s = Settings.from_env({"GATEWAY_JWT_SECRET": "s" * 32}, sandbox=True)
     assert s.sandbox and s.provider_password and s.provider_api_key
+
+
+def test_the_config_file_is_strict_and_takes_every_setting(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('log_level = "WARNING"\nlease_seconds = 10\nport = 9001\n')
+    s = Settings.from_env(BASE, str(config))
+    assert (s.log_level, s.lease_seconds, s.port) == ("WARNING", 10.0, 9001)
+    config.write_text('port = 9001\nprovider_pasword = "typo"\n')
+    with pytest.raises(ConfigError, match=r"unknown setting.*provider_pasword") as info:
+        Settings.from_env(BASE, str(config))
+    assert "\n" not in str(info.value)

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import Principal, bearer_token, require_scope
-from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited
+from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited, UnsupportedMediaType
 from ..jsonio import dumps, loads
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..ratelimit import retry_after
@@ -27,7 +27,17 @@ def json_response(
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 invalid_json if it is not."""
+    """The request body as JSON: 415 if it was sent as another media type (a form post),
+    400 invalid_json if it is not JSON."""
+    media = request.content_type
+    # No Content-Type at all reads as application/octet-stream: parsed as JSON all the same.
+    if media not in ("application/json", "application/octet-stream") and not media.endswith(
+        "+json"
+    ):
+        raise UnsupportedMediaType(
+            f"the body was sent as {media}; send it as JSON, with Content-Type: application/json",
+            headers={"Accept-Post": "application/json"},
+        )
     raw = await request.read()
     if not raw.strip():
         raise InvalidJSON("the request body is empty; a JSON object is expected")
