@@ -28,6 +28,7 @@ from .sandbox import stored_signing_key
 from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
+from .store.backup import BackupError, backup
 from .store.errors import StoreError
 from .teams import check_team_fields
 from .usage import billing_report, check_month, report_csv
@@ -349,6 +350,29 @@ def cmd_usage(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_backup(args: argparse.Namespace) -> None:
+    """Copy the live database to DEST, showing progress."""
+    settings = load_settings(args, serving=False)
+    if settings.database == ":memory:":
+        fail("GATEWAY_DATABASE is :memory:; there is nothing to back up")
+    shown = -1
+
+    def progress(copied: int, total: int) -> None:
+        nonlocal shown
+        percent = 100 * copied // max(total, 1)
+        if percent // 10 != shown // 10 or copied == total:
+            shown = percent
+            print(f"copied {copied:,} of {total:,} pages ({percent} %)", file=sys.stderr)
+
+    try:
+        pages, check = backup(settings.database, args.dest, progress)
+    except BackupError as exc:
+        fail(str(exc))
+    if check != "ok":
+        fail(f"the copy at {args.dest} failed its integrity check: {check}")
+    print(f"backed up {settings.database} to {args.dest}: {pages:,} pages, integrity ok")
+
+
 def _add_team_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=argparse.SUPPRESS, help="display name")
     parser.add_argument(
@@ -464,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=parse_ttl, default=3600, help="lifetime: seconds or 15m, 1h, 7d (default 1h)"
     )
     issue.set_defaults(func=cmd_token_issue)
+
+    copy = commands.add_parser(
+        "backup",
+        parents=[common],
+        help="copy the live SQLite database to a new file (consistent while the server runs)",
+    )
+    copy.add_argument("dest", metavar="DEST", help="the new file to write")
+    copy.set_defaults(func=cmd_backup)
 
     usage = commands.add_parser(
         "usage", parents=[common], help="per-team messages, segments and cost for a month"

@@ -300,3 +300,51 @@ async def test_sandbox_send_deliver_and_look_up(
 def test_usage_rejects_a_bad_month(tmp_path: Path) -> None:
     result = run(tmp_path, "usage", "--month", "2026-13", ok=False)
     assert result.returncode == 2 and "month must look like" in result.stderr
+
+
+async def test_backup_of_a_live_database_under_load(
+    make_client: Any, provider: Any, settings: Any, tmp_path: Path
+) -> None:
+    from .conftest import auth, create_team, ledger_mismatches, mint
+
+    client = await make_client()
+    await create_team(client, "payments")
+    for n in range(300):  # something to copy: a few thousand pages
+        resp = await client.post(
+            "/messages",
+            json={"to": [f"0788{n:03d}{r:03d}" for r in range(1, 8)], "text": "x" * 300},
+            headers=auth(mint("payments")),
+        )
+        assert resp.status == 201
+    stop = asyncio.Event()
+
+    async def load() -> int:
+        sent = 0
+        while not stop.is_set():
+            resp = await client.post(
+                "/messages", json={"to": "0788999001", "text": "x"}, headers=auth(mint("payments"))
+            )
+            sent += resp.status == 201
+        return sent
+
+    running = asyncio.ensure_future(load())
+    dest = tmp_path / "copy.db"
+    env = {**env_for(tmp_path), "GATEWAY_DATABASE": settings.database}
+    result = await asyncio.to_thread(run, tmp_path, "backup", str(dest), env=env)
+    stop.set()
+    assert await running > 0  # the server kept sending meanwhile
+    assert "integrity ok" in result.stdout
+    assert "(100 %)" in result.stderr  # progress was shown
+    import sqlite3
+
+    with sqlite3.connect(dest) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT COUNT(*) FROM messages").fetchone()[0] >= 2100
+    assert ledger_mismatches(str(dest)) == []  # a consistent snapshot: counters = rows
+    again = await asyncio.to_thread(run, tmp_path, "backup", str(dest), env=env, ok=False)
+    assert "exists already" in again.stderr
+    missing = {**env, "GATEWAY_DATABASE": str(tmp_path / "nope.db")}
+    nothing = await asyncio.to_thread(
+        run, tmp_path, "backup", str(tmp_path / "b.db"), env=missing, ok=False
+    )
+    assert "no database at" in nothing.stderr

@@ -145,3 +145,38 @@ async def test_expired_keys_are_forgotten_a_chunk_at_a_time(tmp_path: Path) -> N
         assert [r["key"] for r in left] == ["flying-0", "flying-1", "new-0", "new-1", "new-2"]
     finally:
         await store.close()
+
+
+def test_backup_completes_in_small_steps_while_another_process_writes(tmp_path: Path) -> None:
+    from gateway.store.backup import backup
+
+    source = str(tmp_path / "live.db")
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (n INTEGER, pad TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(n, "x" * 500) for n in range(4000)])
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        with sqlite3.connect(source, isolation_level=None) as conn:
+            conn.execute("PRAGMA busy_timeout=5000")
+            while not stop.is_set():
+                conn.execute("INSERT INTO t VALUES (-1, 'late')")
+                written[0] += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    steps: list[tuple[int, int]] = []
+    try:
+        pages, check = backup(
+            source, str(tmp_path / "copy.db"), lambda c, t: steps.append((c, t)), pages_per_step=20
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert check == "ok" and written[0] > 0
+    assert len(steps) > 10 and steps[-1][0] == steps[-1][1]  # many steps, to the end
+    with sqlite3.connect(tmp_path / "copy.db") as copy:
+        assert copy.execute("SELECT COUNT(*) FROM t WHERE n >= 0").fetchone() == (4000,)
+    assert pages == steps[-1][1]
