@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from importlib import resources
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ from .clock import Clock, iso, utcnow
 from .dashboard import setup_dashboard
 from .dlrtoken import DlrTokens
 from .errors import problem_for
+from .ids import lowest_ulid
 from .keys import (
     AUTH,
     CLOCK,
@@ -46,6 +48,7 @@ from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .settings import Settings
 from .store import Store
 from .store.messages import forget_expired_keys
+from .store.retention import delete_older_than
 from .store.teams import TeamCache
 from .upstream import Upstream
 from .validation import callback_guard
@@ -193,11 +196,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(app: web.Application) -> None:
-    """Hourly: forget Idempotency-Keys older than 24 hours."""
+    """Hourly: forget Idempotency-Keys older than 24 hours, and with GATEWAY_RETENTION_DAYS,
+    delete older messages, webhook deliveries and delivery reports."""
     while True:
-        live_after = iso(app[CLOCK]() - IDEMPOTENCY_TTL)
+        now = app[CLOCK]()
         try:
-            await forget_expired_keys(app[STORE], live_after)
+            await forget_expired_keys(app[STORE], iso(now - IDEMPOTENCY_TTL))
+            days = app[SETTINGS].retention_days
+            if days is not None:
+                cutoff = now - timedelta(days=days)
+                deleted = await delete_older_than(
+                    app[STORE], "msg_" + lowest_ulid(cutoff), iso(cutoff)
+                )
+                if any(deleted.values()):
+                    log.info("retention: deleted %s older than %d days", deleted, days)
         except Exception:  # a busy database must not end the loop
             log.exception("housekeeping failed")
         await asyncio.sleep(3600)

@@ -8,11 +8,11 @@ import contextlib
 import logging
 import os
 import socket
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 from .clock import iso, utcnow
-from .ids import ulid
 from .store import Store
 from .store import leases as store_leases
 
@@ -53,7 +53,8 @@ class Lease:
     """
 
     def __init__(self, store: Store, seconds: float, answer_for: store_leases.AnswerFor) -> None:
-        self.id = "prc_" + ulid(utcnow())
+        # (not a ULID: the id generator is monotonic, and a test clock may run in the past)
+        self.id = "prc_" + uuid.uuid4().hex
         self.seconds = seconds
         self._store = store
         self._answer_for = answer_for

@@ -76,6 +76,7 @@ class Settings:
     callback_allowed_networks: tuple[str, ...] = ()
     lease_seconds: float = 30.0
     log_level: str = "INFO"
+    retention_days: int | None = None
     database_busy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -175,6 +176,8 @@ class Settings:
             raise ConfigError(
                 "GATEWAY_JWKS_MIN_REFRESH and GATEWAY_SANDBOX_DLR_DELAY must not be negative"
             )
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError("GATEWAY_RETENTION_DAYS must be a whole number of days, 1 or more")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if not 1 <= self.lease_seconds <= 50:
@@ -270,7 +273,9 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key not in known:
             continue  # GATEWAY_* variables the gateway does not know are ignored, like any env
-        if key in ("port", "provider_batch_size", "price_per_segment"):
+        if key == "retention_days":
+            out[key] = None if str(value).strip() == "" else _as_number(key, value, int)
+        elif key in ("port", "provider_batch_size", "price_per_segment"):
             out[key] = _as_number(key, value, int)
         elif key in (
             "provider_timeout",

@@ -1,0 +1,106 @@
+"""GATEWAY_RETENTION_DAYS: old messages, deliveries and reports go, in chunks; billing stays."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gateway.clock import iso
+from gateway.ids import lowest_ulid
+from gateway.settings import Settings
+from gateway.store import Store
+from gateway.store.retention import delete_older_than
+
+from .conftest import ClientFactory, FakeProvider, Receiver, auth, create_team, mint
+
+ADMIN = auth(mint("root", "admin"))
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def count(database: str, table: str) -> int:
+    with sqlite3.connect(database) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+async def test_old_rows_go_and_billing_stays(
+    make_client: ClientFactory, provider: FakeProvider, receiver: Receiver, settings: Settings
+) -> None:
+    # Message ids are monotonic ULIDs of the send time, so "old" is made by looking from the
+    # future: the second gateway's clock runs 40 days ahead.
+    then = datetime.now(UTC)
+    old = await make_client()
+    await create_team(old, "payments", callback_url=receiver.url)
+    provider.dlr = "after"
+    for n in range(5):
+        resp = await old.post(
+            "/messages",
+            json={"to": [f"078800{n}001", f"078800{n}013"], "text": "old"},
+            headers=auth(mint("payments")),
+        )
+        assert resp.status == 201
+    await provider.settle_reports()
+    await receiver.wait_for(10)  # 5 failed + 5 delivered webhooks, delivered
+    month = iso(then)[:7]
+    billed = await (await old.get(f"/admin/usage?month={month}", headers=ADMIN)).json()
+    await old.close()
+    assert count(settings.database, "messages") == 10
+    # Today's gateway keeps 30 days: the housekeeping at start removes the old rows.
+    new = await make_client(clock=Clock(then + timedelta(days=40)), retention_days=30)
+    resp = await new.post(
+        "/messages", json={"to": "0788999001", "text": "new"}, headers=auth(mint("payments"))
+    )
+    assert resp.status == 201
+    async with asyncio.timeout(10):
+        while count(settings.database, "messages") != 1:
+            await asyncio.sleep(0.05)
+    assert count(settings.database, "dlr_reports") == 0
+    assert count(settings.database, "webhooks") <= 1  # only the new message's, if any
+    again = await (await new.get(f"/admin/usage?month={month}", headers=ADMIN)).json()
+    assert again == billed and again["totals"]["messages"] == 5  # the refused ones cost nothing
+
+
+async def test_deletion_goes_a_chunk_at_a_time_and_keeps_pending_deliveries(
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "gateway.db"))
+    await store.open()
+    try:
+        then = datetime.now(UTC) - timedelta(days=10)
+        await store.run(
+            "INSERT INTO teams (id, name, webhook_secret, created_at) VALUES ('t', 't', 's', ?)",
+            (iso(then),),
+        )
+        for n in range(95):
+            mid = f"msg_{lowest_ulid(then + timedelta(seconds=n))[:-3]}{n:03d}"
+            await store.run(
+                "INSERT INTO messages (id, batch_id, team_id, recipient, text, status, segments,"
+                " encoding, charged_segments, cost, day, month, created_at, events)"
+                " VALUES (?, 'b', 't', '250788000001', 'x', 'delivered', 1, 'gsm7', 1, 75,"
+                " '2026-01-01', '2026-01', ?, '[]')",
+                (mid, iso(then)),
+            )
+            if n == 0:
+                await store.run(
+                    "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+                    " created_at) VALUES ('whk_1', ?, 't', 'message.delivered', 'http://x',"
+                    " '{}', 'pending', ?)",
+                    (mid, iso(then)),
+                )
+        cutoff = datetime.now(UTC) - timedelta(days=5)
+        deleted = await delete_older_than(
+            store, "msg_" + lowest_ulid(cutoff), iso(cutoff), chunk=10
+        )
+        assert deleted == {"webhooks": 0, "messages": 94, "dlr_reports": 0}
+        left = await store.fetchall("SELECT id FROM messages")
+        assert len(left) == 1  # the one whose webhook is still pending
+    finally:
+        await store.close()
