@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +69,16 @@ def mint(
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
     return jwt.encode(body, secret, algorithm=algorithm, headers=headers)
+
+
+class FixedClock:
+    """A clock the test sets by hand."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
 
 
 def auth(token: str) -> dict[str, str]:

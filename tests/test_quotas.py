@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from .conftest import (
     ClientFactory,
     FakeProvider,
+    FixedClock,
     auth,
     create_team,
     free_port,
@@ -28,16 +29,6 @@ from .conftest import (
 Client = TestClient[web.Request, web.Application]
 SEND = auth(mint("payments"))
 ADMIN = auth(mint("root", "admin"))
-
-
-class FixedClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 async def usage(client: Client, token: dict[str, str] = SEND) -> dict[str, Any]:

@@ -13,17 +13,9 @@ from gateway.settings import Settings
 from gateway.store import Store
 from gateway.store.retention import delete_older_than
 
-from .conftest import ClientFactory, FakeProvider, Receiver, auth, create_team, mint
+from .conftest import ClientFactory, FakeProvider, FixedClock, Receiver, auth, create_team, mint
 
 ADMIN = auth(mint("root", "admin"))
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def count(database: str, table: str) -> int:
@@ -54,7 +46,7 @@ async def test_old_rows_go_and_billing_stays(
     await old.close()
     assert count(settings.database, "messages") == 10
     # Today's gateway keeps 30 days: the housekeeping at start removes the old rows.
-    new = await make_client(clock=Clock(then + timedelta(days=40)), retention_days=30)
+    new = await make_client(clock=FixedClock(then + timedelta(days=40)), retention_days=30)
     resp = await new.post(
         "/messages", json={"to": "0788999001", "text": "new"}, headers=auth(mint("payments"))
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Store
-from .messages import KeyAnswer, batch_messages
+from .messages import KeyAnswer, answer_key, batch_messages
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,7 @@ def _sweep(
     for team_id, key, batch_id in keys:
         stored = batch_messages(conn, team_id, batch_id) if batch_id else []
         answer = answer_for(batch_id, stored)
-        conn.execute(
-            "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
-            " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
-            (answer.status, answer.content_type, answer.body.decode(), team_id, key),
-        )
+        answer_key(conn, team_id, key, answer)
     return Swept(gone, messages, len(keys))
 
 

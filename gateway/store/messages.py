@@ -349,12 +349,9 @@ def _settle(
     answer = None
     if key is not None and answer_for is not None:
         answer = answer_for(messages)
-        stored = conn.execute(
-            "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
-            " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
-            (answer.status, answer.content_type, answer.body.decode(), batch.team_id, key),
-        ).rowcount
-        if not stored:  # answered already (a sweep gave it the lost-answer 504): keep that one
+        if not answer_key(
+            conn, batch.team_id, key, answer
+        ):  # answered already (a sweep gave it the lost-answer 504): keep that one
             answer = _stored_answer(conn, batch.team_id, key) or answer
     return Settled(messages, queued, answer)
 
@@ -400,12 +397,15 @@ async def settle(
     return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)
 
 
-async def remember_answer(store: Store, team_id: str, key: str, answer: KeyAnswer) -> None:
-    """Store the first answer under an in-flight Idempotency-Key (replayed while it lives)."""
-    await store.run(
-        "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
-        " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
-        (answer.status, answer.content_type, answer.body.decode(), team_id, key),
+def answer_key(conn: sqlite3.Connection, team_id: str, key: str, answer: KeyAnswer) -> bool:
+    """Give an in-flight Idempotency-Key its answer (replayed while the key lives); False if
+    the key was not in flight (answered already)."""
+    return bool(
+        conn.execute(
+            "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
+            " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
+            (answer.status, answer.content_type, answer.body.decode(), team_id, key),
+        ).rowcount
     )
 
 
