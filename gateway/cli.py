@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from importlib import metadata
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,6 +36,7 @@ from .teams import check_team_fields
 from .usage import billing_report, check_month, report_csv
 from .validation import callback_guard
 
+_log = logging.getLogger("gateway")
 SANDBOX_TEAM = "sandbox"
 DEFAULT_SCOPE = "messages:send messages:read"
 _TTL = re.compile(r"(\d+)\s*([smhd]?)")
@@ -114,6 +117,12 @@ def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
 
 
 def _run(settings: Settings, work: Callable[[Store], Awaitable[Any]]) -> Any:
+    if settings.database != ":memory:" and not os.path.exists(settings.database):
+        fail(
+            f"no database at {settings.database}: `sms-gateway serve` creates it at its first "
+            "start (check GATEWAY_DATABASE)"
+        )
+
     async def main() -> Any:
         store = Store(settings.database)
         try:
@@ -196,18 +205,35 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         app.on_startup.append(banner)
     app.on_startup.append(_settle_memory)
+    started = {
+        "event": "start",
+        "version": _version(),
+        "listen": f"{settings.host}:{settings.port}",
+        "public_url": settings.public_url,
+        "database": "sqlite",
+        "sandbox": settings.sandbox,
+    }
     try:
         web.run_app(
             app,
             host=settings.host,
             port=settings.port,
             access_log_class=AccessLogger,
-            print=lambda text: print(text, flush=True),
+            # aiohttp's "Running on" banner, said when the port listens: a JSON line instead.
+            print=lambda _banner: _log.info("gateway started", extra={"fields": started}),
         )
     except StoreError as exc:
         fail(f"database {settings.database}: {exc}")
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+    _log.info("gateway stopped", extra={"fields": {"event": "stop"}})
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sms-gateway")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
 
 
 async def _settle_memory(app: web.Application) -> None:

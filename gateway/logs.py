@@ -117,6 +117,9 @@ class JsonFormatter(logging.Formatter):
         for key in ("method", "path", "status", "duration_ms", "bytes"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_text:
             entry["exception"] = record.exc_text
         elif record.exc_info:

@@ -270,7 +270,10 @@ def serve_env(
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    env: dict[str, str], port: int, stderr: IO[bytes] | None = None
+    env: dict[str, str],
+    port: int,
+    stderr: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`sms-gateway serve` as a real process, yielded once /healthz answers."""
     proc = await asyncio.create_subprocess_exec(
@@ -279,7 +282,7 @@ async def gateway_process(
         "gateway",
         "serve",
         env=env,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=stdout or asyncio.subprocess.DEVNULL,
         stderr=stderr or asyncio.subprocess.DEVNULL,
     )
     try:

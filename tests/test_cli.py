@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import csv
 import io
@@ -21,13 +22,25 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from gateway.settings import SANDBOX_CREDENTIALS
+from gateway.store import Store
 
 from .conftest import JWT_SECRET, Receiver, free_port
 
 
+async def _create(database: Path) -> None:
+    store = Store(str(database))
+    await store.open()  # what `serve` does at its first start: the file, migrated
+    await store.close()
+
+
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The CLI's environment, on a database that `serve` has created (made here if missing)."""
+    database = tmp_path / "cli.db"
+    if not database.exists():  # (on a thread: some callers run inside an event loop)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _create(database)).result()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update({"GATEWAY_DATABASE": str(tmp_path / "cli.db"), "GATEWAY_JWT_SECRET": JWT_SECRET})
+    env.update({"GATEWAY_DATABASE": str(database), "GATEWAY_JWT_SECRET": JWT_SECRET})
     env.update(extra)
     return env
 
@@ -201,8 +214,15 @@ async def sandbox_process(
                     token = line.split()[1]
                 if line.strip().startswith("admin token:"):
                     admin = line.split()[2]
-                if "Running on" in line:
+                if line.strip().startswith("dashboard:"):
                     break
+            async with aiohttp.ClientSession() as http:
+                while True:  # the banner is printed just before the port listens
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}", token, admin
     finally:
         proc.terminate()
@@ -348,3 +368,25 @@ async def test_backup_of_a_live_database_under_load(
         run, tmp_path, "backup", str(tmp_path / "b.db"), env=missing, ok=False
     )
     assert "no database at" in nothing.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("team", "list"),
+        ("team", "create", "payments"),
+        ("usage",),
+        ("token", "issue", "--team", "x"),
+    ],
+)
+def test_commands_refuse_a_database_that_does_not_exist(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    missing = tmp_path / "typo.db"
+    result = run(
+        tmp_path, *args, env={**env_for(tmp_path), "GATEWAY_DATABASE": str(missing)}, ok=False
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no database at" in result.stderr and "serve" in result.stderr
+    assert not missing.exists()  # nothing was created

@@ -4,6 +4,7 @@ by mistake): leases keep each one's sends its own, and shared work is done once.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import sys
@@ -218,15 +219,20 @@ async def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path
     assert database.read_bytes() == before
 
 
-async def test_requests_the_parser_refuses_are_one_warning_line(
-    tmp_path: Path, provider: FakeProvider
-) -> None:
+async def test_the_server_writes_only_json_lines(tmp_path: Path, provider: FakeProvider) -> None:
     port = free_port()
     log_path = tmp_path / "gateway.log"
+    base = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         async with gateway_process(
-            serve_env(str(tmp_path / "gateway.db"), port, provider.url), port, stderr=log
+            serve_env(str(tmp_path / "gateway.db"), port, provider.url), port, log, log
         ) as proc:
+            async with aiohttp.ClientSession() as http:
+                await make_team(http, base)
+                async with http.post(
+                    f"{base}/messages", json={"to": "0788000001", "text": "hi"}, headers=SEND
+                ) as resp:
+                    assert resp.status == 201
             for header in (b"X-Big: " + b"a" * 9000, b"X-Nul: a\x00b"):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 try:
@@ -240,6 +246,12 @@ async def test_requests_the_parser_refuses_are_one_warning_line(
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 20)
     logged = log_path.read_text()
-    warnings = [line for line in logged.splitlines() if "HTTP parser" in line]
-    assert len(warnings) == 2 and all('"level": "warning"' in w for w in warnings), logged
-    assert "Traceback" not in logged and '"level": "error"' not in logged
+    lines = [json.loads(line) for line in logged.splitlines()]  # stdout and stderr: all JSON
+    start = next(line for line in lines if line.get("event") == "start")
+    assert start["listen"] == f"127.0.0.1:{port}" and start["database"] == "sqlite"
+    assert start["sandbox"] is False and start["version"]
+    assert lines[-1]["event"] == "stop"
+    assert any(line["logger"] == "gateway.sending" for line in lines)
+    warnings = [line for line in lines if "HTTP parser" in line["message"]]
+    assert len(warnings) == 2 and all(w["level"] == "warning" for w in warnings), logged
+    assert "Traceback" not in logged and not [line for line in lines if line["level"] == "error"]
