@@ -69,13 +69,13 @@ class WebhookWorker:
         clock: Clock,
         *,
         owner: str,
-        guard: CallbackPolicy | None = None,
+        guard: CallbackPolicy,
         box: SecretBox | None = None,
         concurrency: int = 16,
         metrics: Metrics | None = None,
     ) -> None:
         self._owner = owner
-        self._guard = guard or CallbackPolicy(allow_loopback=True)
+        self._guard = guard
         self._box = box
         self._metrics = metrics
         self._store = store

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -82,46 +85,55 @@ async def test_errors_come_in_the_provider_shape(
     assert "Insufficient balance" in body["message"]
 
 
-async def test_dlrs_reach_the_clients_dlrurl_in_the_provider_format(
-    make_client: ClientFactory, provider: FakeProvider
-) -> None:
-    reports: list[dict[str, str]] = []
-    arrived = asyncio.Event()
+@dataclass
+class LegacyHandler:
+    """A drop-in client's DLR handler (GET, the provider's format): records each report."""
 
-    async def legacy_dlr_handler(request: web.Request) -> web.Response:
-        reports.append(dict(request.query))
-        arrived.set()
+    url: str = ""
+    reports: list[dict[str, str]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.reports.append(dict(request.query))
+        self.arrived.set()
         return web.Response(text="OK")
 
+
+@pytest.fixture
+async def legacy() -> AsyncIterator[LegacyHandler]:
+    handler = LegacyHandler()
     app = web.Application()
-    app.router.add_get("/dlr-handler", legacy_dlr_handler)
-    legacy = TestServer(app, host="127.0.0.1")
-    await legacy.start_server()
-    try:
-        client = await make_client()
-        await create_team(client, "payments")
-        provider.dlr = "after"
-        resp = await client.post(
-            "/api/v2/sms/send",
-            data=form(
-                recipients="250782589899", dlrurl=str(legacy.make_url("/dlr-handler?site=7"))
-            ),
-        )
-        body = await resp.json()
-        async with asyncio.timeout(5):
-            await arrived.wait()
-        [report] = reports
-        assert report == {
-            "site": "7",
-            "dnis": "250782589899",
-            "username": "legacy-user",
-            "password": "legacy-pass",
-            "command": "deliver",
-            "dlvrMsgId": body["response"][0]["messageid"],
-            "dlvrMsgStat": "U",
-        }
-    finally:
-        await legacy.close()
+    app.router.add_get("/dlr-handler", handler.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    handler.url = str(server.make_url("/dlr-handler"))
+    yield handler
+    await server.close()
+
+
+async def test_dlrs_reach_the_clients_dlrurl_in_the_provider_format(
+    make_client: ClientFactory, provider: FakeProvider, legacy: LegacyHandler
+) -> None:
+    client = await make_client()
+    await create_team(client, "payments")
+    provider.dlr = "after"
+    resp = await client.post(
+        "/api/v2/sms/send",
+        data=form(recipients="250782589899", dlrurl=legacy.url + "?site=7"),
+    )
+    body = await resp.json()
+    async with asyncio.timeout(5):
+        await legacy.arrived.wait()
+    [report] = legacy.reports
+    assert report == {
+        "site": "7",
+        "dnis": "250782589899",
+        "username": "legacy-user",
+        "password": "legacy-pass",
+        "command": "deliver",
+        "dlvrMsgId": body["response"][0]["messageid"],
+        "dlvrMsgStat": "U",
+    }
 
 
 async def test_the_clients_password_is_kept_nowhere_in_clear(
@@ -130,66 +142,50 @@ async def test_the_clients_password_is_kept_nowhere_in_clear(
     settings: Any,
     caplog: Any,
     receiver: Any,
+    legacy: LegacyHandler,
 ) -> None:
     import logging
     from pathlib import Path
 
     caplog.set_level(logging.DEBUG)
     password = "Legacy-Pa55word-that-must-not-leak"
-    reports: list[dict[str, str]] = []
-    arrived = asyncio.Event()
-
-    async def legacy_dlr_handler(request: web.Request) -> web.Response:
-        reports.append(dict(request.query))
-        arrived.set()
-        return web.Response(text="OK")
-
-    app = web.Application()
-    app.router.add_get("/dlr-handler", legacy_dlr_handler)
-    legacy = TestServer(app, host="127.0.0.1")
-    await legacy.start_server()
-    try:
-        client = await make_client()
-        await create_team(client, "payments", callback_url=receiver.url)
-        provider.dlr = "after"
-        resp = await client.post(
-            "/api/v2/sms/send",
-            data=form(
-                password=password,
-                recipients="250782589800,250782589813",  # one delivered, one refused
-                dlrurl=str(legacy.make_url("/dlr-handler")),
-            ),
-        )
-        answer = await resp.text()
-        async with asyncio.timeout(5):
-            await arrived.wait()
-        assert reports[0]["password"] == password  # the client still authenticates its DLR
-        await receiver.wait_for(2)  # the team's own webhooks too
-        admin = {"Authorization": f"Bearer {mint('root', 'admin')}"}
-        seen = [answer] + [body.decode() for _, body in receiver.received]
-        for path in ("/admin/webhooks", "/admin/dlr-reports"):
-            got = await client.get(path, headers=admin)
-            seen.append(await got.text())
-        listed = await client.get(
-            "/messages", headers={"Authorization": f"Bearer {mint('payments')}"}
-        )
-        seen.append(await listed.text())
-        async with asyncio.timeout(5):  # the delivered DLR's sealed password is dropped too
-            while True:
-                got = await client.get("/admin/webhooks?status=delivered", headers=admin)
-                if len((await got.json())["data"]) == 3:
-                    break
-                await asyncio.sleep(0.02)
-        await client.close()  # the files as the gateway leaves them
-        files = [Path(settings.database), Path(settings.database + "-wal")]
-        stored = b"".join(f.read_bytes() for f in files if f.exists())
-        assert password.encode() not in stored
-        assert all(password not in text for text in seen)
-        # Every line the gateway logged (the test's own receivers log with aiohttp's logger).
-        gateway_lines = [r.getMessage() for r in caplog.records if "web_log" not in r.pathname]
-        assert gateway_lines and not [line for line in gateway_lines if password in line]
-    finally:
-        await legacy.close()
+    client = await make_client()
+    await create_team(client, "payments", callback_url=receiver.url)
+    provider.dlr = "after"
+    resp = await client.post(
+        "/api/v2/sms/send",
+        data=form(
+            password=password,
+            recipients="250782589800,250782589813",  # one delivered, one refused
+            dlrurl=legacy.url,
+        ),
+    )
+    answer = await resp.text()
+    async with asyncio.timeout(5):
+        await legacy.arrived.wait()
+    assert legacy.reports[0]["password"] == password  # the client still authenticates its DLR
+    await receiver.wait_for(2)  # the team's own webhooks too
+    admin = {"Authorization": f"Bearer {mint('root', 'admin')}"}
+    seen = [answer] + [body.decode() for _, body in receiver.received]
+    for path in ("/admin/webhooks", "/admin/dlr-reports"):
+        got = await client.get(path, headers=admin)
+        seen.append(await got.text())
+    listed = await client.get("/messages", headers={"Authorization": f"Bearer {mint('payments')}"})
+    seen.append(await listed.text())
+    async with asyncio.timeout(5):  # the delivered DLR's sealed password is dropped too
+        while True:
+            got = await client.get("/admin/webhooks?status=delivered", headers=admin)
+            if len((await got.json())["data"]) == 3:
+                break
+            await asyncio.sleep(0.02)
+    await client.close()  # the files as the gateway leaves them
+    files = [Path(settings.database), Path(settings.database + "-wal")]
+    stored = b"".join(f.read_bytes() for f in files if f.exists())
+    assert password.encode() not in stored
+    assert all(password not in text for text in seen)
+    # Every line the gateway logged (the test's own receivers log with aiohttp's logger).
+    gateway_lines = [r.getMessage() for r in caplog.records if "web_log" not in r.pathname]
+    assert gateway_lines and not [line for line in gateway_lines if password in line]
 
 
 async def test_nested_json_is_a_400_not_a_500(make_client: ClientFactory) -> None:

@@ -13,7 +13,15 @@ from aiohttp.test_utils import TestClient
 
 from gateway.settings import Settings
 
-from .conftest import ClientFactory, FakeProvider, auth, create_team, ledger_mismatches, mint
+from .conftest import (
+    ClientFactory,
+    FakeProvider,
+    Receiver,
+    auth,
+    create_team,
+    ledger_mismatches,
+    mint,
+)
 
 Client = TestClient[web.Request, web.Application]
 SEND = auth(mint("payments"))
@@ -146,3 +154,26 @@ async def test_a_lock_held_elsewhere_while_the_provider_answers(
     found = await looked_up.json()
     assert found["status"] == "sent" and found["provider_message_id"]
     assert ledger_mismatches(settings.database) == []
+
+
+async def test_a_webhook_whose_attempt_cannot_be_recorded_is_not_sent_again_and_again(
+    make_client: ClientFactory, receiver: Receiver, settings: Settings
+) -> None:
+    client = await make_client()
+    await create_team(client, "payments", callback_url=receiver.url)
+    with sqlite3.connect(settings.database) as conn:  # recording an attempt fails
+        conn.execute(
+            "CREATE TRIGGER refuse_record BEFORE UPDATE OF attempts ON webhooks"
+            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    resp = await post(client, "k4", {"to": "0788000013", "text": "x"})  # a message.failed hook
+    assert resp.status == 201
+    await receiver.wait_for(1)
+    await asyncio.sleep(2.0)
+    assert len(receiver.received) == 1  # the claim holds it: no tight loop against the receiver
+    with sqlite3.connect(settings.database) as conn:
+        conn.execute("DROP TRIGGER refuse_record")
+    async with asyncio.timeout(15):  # the worker's retried write goes in
+        while stored(settings.database, "SELECT status FROM webhooks") != [("delivered",)]:
+            await asyncio.sleep(0.1)
+    assert len(receiver.received) == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import session_middleware
 
@@ -27,16 +28,16 @@ warnings.filterwarnings(
 def dashboard_app(parent: web.Application) -> web.Application:
     """The /dashboard sub-application (its sessions need the parent's store, opened later)."""
     settings = parent[SETTINGS]
-    holder: dict[str, DatabaseStorage] = {}
+    made: list[Middleware] = []  # aiohttp-session's middleware, once the store is open
 
     @web.middleware
     async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
-        storage = holder.get("storage")
-        if storage is None:
-            storage = holder["storage"] = DatabaseStorage(
+        if not made:
+            storage = DatabaseStorage(
                 request.config_dict[STORE], secure=settings.public_url.startswith("https:")
             )
-        return await session_middleware(storage)(request, handler)
+            made.append(session_middleware(storage))
+        return await made[0](request, handler)
 
     app = web.Application(middlewares=[sessions])
     env = aiohttp_jinja2.setup(

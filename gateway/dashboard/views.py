@@ -11,15 +11,16 @@ import jwt
 from aiohttp import web
 from aiohttp_session import new_session
 
+from .. import numbers
 from ..clock import parse_iso, periods
 from ..errors import GatewayError, NotFound, Unauthenticated
 from ..ids import lowest_ulid
-from ..keys import AUTH, CLOCK, METRICS, SETTINGS, STORE, TEAMS, TIMEZONE
+from ..keys import AUTH, CLOCK, METRICS, SETTINGS, STORE, TEAMS, TIMEZONE, WORKER
 from ..store import dashboard as store_dashboard
 from ..store import outbox
 from ..store import teams as store_teams
 from ..store.messages import ListFilter
-from ..store.usage import period_usage
+from ..store.usage import day_cost, period_usage
 from ..teams import TEAM_ID, check_team_fields
 from ..usage import billing_report, check_month, report_csv
 from ..validation import callback_guard
@@ -139,7 +140,7 @@ async def overview(request: web.Request) -> web.Response:
     day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = day_start.replace(day=1)
     day, month = periods(now, tz)
-    billing_day = await billing_report_for(store, day, tz)
+    cost_today = await day_cost(store, day)
     billing_month = await billing_report(store, month, tz)
     hours = [(now - timedelta(hours=23 - i)).strftime("%Y-%m-%dT%H") for i in range(24)]
     series: dict[str, list[int]] = {s: [0] * 24 for s in STATUSES}
@@ -155,7 +156,7 @@ async def overview(request: web.Request) -> web.Response:
         {
             "today": _summary(await store_dashboard.status_counts(store, _since(day_start))),
             "month": _summary(await store_dashboard.status_counts(store, _since(month_start))),
-            "cost_today": billing_day,
+            "cost_today": cost_today,
             "cost_month": billing_month["totals"]["cost"],
             "day": day,
             "month_name": month,
@@ -170,12 +171,6 @@ async def overview(request: web.Request) -> web.Response:
             ),
         },
     )
-
-
-async def billing_report_for(store: Any, day: str, tz: Any) -> int:
-    """The cost counted today across teams (the counters the usage API reads)."""
-    rows = await store.fetchall("SELECT SUM(cost) AS cost FROM usage WHERE period = ?", (day,))
-    return int(rows[0]["cost"] or 0) if rows else 0
 
 
 # --- teams --------------------------------------------------------------------------------------
@@ -400,8 +395,6 @@ async def messages(request: web.Request) -> web.Response:
 
 
 def _list_filter(request: web.Request, f: dict[str, str], cursor: str | None) -> ListFilter:
-    from .. import numbers
-
     settings = request.config_dict[SETTINGS]
     tz = request.config_dict[TIMEZONE]
     to = None
@@ -482,8 +475,6 @@ async def retry_webhook(request: web.Request) -> web.Response:
     hook_id = request.match_info["id"]
     if await outbox.retry_webhook(app[STORE], hook_id, app[CLOCK]()) is None:
         raise NotFound(f"no webhook {hook_id!r}", code="webhook_not_found")
-    from ..keys import WORKER
-
     app[WORKER].wake()
     location = request.app.router["webhooks"].url_for().with_query(retried=hook_id)
     raise web.HTTPSeeOther(location)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Store
+from .messages import ListFilter, list_query
+from .outbox import webhook_resource
 from .rows import resource
 
 
@@ -87,8 +89,6 @@ async def find_message(store: Store, message_id: str) -> tuple[str, dict[str, An
 
 async def message_webhooks(store: Store, message_id: str) -> list[dict[str, Any]]:
     """The deliveries queued for one message, oldest first."""
-    from .outbox import webhook_resource
-
     rows = await store.fetchall(
         "SELECT * FROM webhooks WHERE message_id = ? ORDER BY id", (message_id,)
     )
@@ -96,10 +96,8 @@ async def message_webhooks(store: Store, message_id: str) -> list[dict[str, Any]
 
 
 async def list_messages(
-    store: Store, team_id: str | None, f: Any
+    store: Store, team_id: str | None, f: ListFilter
 ) -> list[tuple[str, dict[str, Any]]]:
     """A page of (team, message), newest first, with the API's filters; any team if None."""
-    from .messages import list_query
-
     sql, params = list_query(team_id, f)
     return [(r["team_id"], resource(r)) for r in await store.fetchall(sql, params)]

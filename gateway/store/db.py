@@ -217,10 +217,8 @@ class Store:
         A WAL reader never waits for the writer, so this costs microseconds; in the rare case
         that SQLite answers busy (another process recovering the WAL) it goes to the reader.
         """
-        conn = self._quick if self._quick is not None else self._writer
+        conn = self._quick or self._writer  # (only :memory: has no separate reader)
         assert conn is not None, "store is not open"
-        if conn is self._writer and self._reader is not None:
-            return await self.fetchone(sql, params)
         try:
             row: sqlite3.Row | None = conn.execute(sql, tuple(params)).fetchone()
             return row

@@ -49,3 +49,9 @@ async def month_report(store: Store, month: str) -> list[TeamMonth]:
         (month,),
     )
     return [TeamMonth(r["id"], r["name"], r["messages"], r["segments"], r["cost"]) for r in rows]
+
+
+async def day_cost(store: Store, day: str) -> int:
+    """What every team was charged on `day` ('2026-11-26'), from the counters."""
+    row = await store.fetchone("SELECT SUM(cost) AS cost FROM usage WHERE period = ?", (day,))
+    return int(row["cost"] or 0) if row else 0
