@@ -265,8 +265,11 @@ BENCH_TEAM = [
 ]
 
 
-def gateway_env(directory: Path, provider_url: str, port: int) -> dict[str, str]:
-    """The gateway's settings for the bench: SQLite on disk, JWT on, quotas on."""
+def gateway_env(
+    directory: Path, provider_url: str, port: int, log_level: str | None = None
+) -> dict[str, str]:
+    """The gateway's settings for the bench: SQLite on disk, JWT on, quotas on, logging at
+    the default level (INFO: an access line a request) unless `log_level` is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         {
@@ -277,9 +280,10 @@ def gateway_env(directory: Path, provider_url: str, port: int) -> dict[str, str]
             "GATEWAY_PROVIDER_API_KEY": "k",
             "GATEWAY_PROVIDER_USERNAME": "u",
             "GATEWAY_PROVIDER_PASSWORD": "p",
-            "GATEWAY_LOG_LEVEL": "WARNING",
         }
     )
+    if log_level:
+        env["GATEWAY_LOG_LEVEL"] = log_level
     return env
 
 
@@ -348,8 +352,9 @@ async def main_async(options: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
         # Two gateways, one on an empty database and one on a preloaded copy, run side by side
         # so that every comparison is between runs of the same rounds.
-        empty_env = gateway_env(Path(tmp) / "empty", provider_url, empty_port)
-        full_env = gateway_env(Path(tmp) / "full", provider_url, full_port)
+        level = options.log_level
+        empty_env = gateway_env(Path(tmp) / "empty", provider_url, empty_port, level)
+        full_env = gateway_env(Path(tmp) / "full", provider_url, full_port, level)
         for env in (empty_env, full_env):
             Path(env["GATEWAY_DATABASE"]).parent.mkdir()
             store = Store(env["GATEWAY_DATABASE"])  # the file, migrated, as `serve` makes it
@@ -401,7 +406,7 @@ async def main_async(options: argparse.Namespace) -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {loop_name}; {n} clients, {seconds:g} s a run, "
         f"{options.rounds} alternating rounds (median round shown; ratios are the median of "
-        "each round's)"
+        f"each round's); gateway log level {options.log_level or 'INFO (the default)'}"
     )
     for result in (forwarder, empty, full, page):
         print(result.line())
@@ -451,6 +456,11 @@ def main() -> None:
         type=int,
         default=5,
         help="alternating rounds of forwarder and both gateways (the median counts)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the gateways' GATEWAY_LOG_LEVEL (default: unset, so the gateway's default, INFO)",
     )
     parser.add_argument(
         "--smoke",

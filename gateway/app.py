@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from yarl import URL
 
 from .auth import Authenticator
 from .callbacks import GuardedResolver
@@ -40,6 +41,7 @@ from .leases import Lease
 from .logs import REQUEST_ID_HEADER, quiet_parser_errors, request_id, request_id_for
 from .metrics import Metrics
 from .provider import ProviderClient
+from .proxies import Proxies
 from .ratelimit import RateLimiter
 from .routes import setup_routes
 from .sandbox import Simulator
@@ -116,9 +118,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     lease = Lease(store, settings.lease_seconds, swept_answer)
     await lease.start()
-    http = aiohttp.ClientSession(
+    proxies = Proxies.from_environment()  # read once: see proxies.py
+    http = aiohttp.ClientSession(  # the JWKS fetch: rare, so the proxy is looked up each time
         connector=aiohttp.TCPConnector(limit=100),
         headers={"User-Agent": "sms-gateway"},
+        trust_env=True,
     )
     app[HTTP] = http
     app[AUTH] = Authenticator(settings, http)
@@ -136,7 +140,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await simulator.start()
         provider_url = simulator.url
         log.info("sandbox: simulated provider at %s", provider_url)
-    upstream = Upstream(provider_url, limit=PROVIDER_CONNECTIONS)
+    upstream = Upstream(
+        provider_url,
+        limit=PROVIDER_CONNECTIONS,
+        proxy=None if simulator is not None else proxies.for_url(URL(provider_url)),
+    )
     provider = ProviderClient(
         upstream,
         api_key=settings.provider_api_key or "",
@@ -147,7 +155,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     guard = callback_guard(settings)
     webhook_http = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=50, resolver=GuardedResolver(guard)),
+        connector=aiohttp.TCPConnector(
+            limit=50, resolver=GuardedResolver(guard, trusted=proxies.hosts())
+        ),
         headers={"User-Agent": "sms-gateway-webhooks"},
     )
     box = SecretBox(await store.secret("client_dlr_key"))
@@ -158,6 +168,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK],
         owner=lease.id,
         guard=guard,
+        proxies=proxies,
         box=box,
         metrics=app[METRICS],
     )

@@ -88,17 +88,24 @@ def policy(allowed: tuple[str, ...], allow_loopback: bool) -> CallbackPolicy:
 
 
 class GuardedResolver(ThreadedResolver):
-    """aiohttp's resolver, refusing names that resolve to an address the policy refuses."""
+    """aiohttp's resolver, refusing names that resolve to an address the policy refuses.
 
-    def __init__(self, guard: CallbackPolicy) -> None:
+    `trusted` names (the operator's own proxies) are resolved without the check: through a
+    proxy, the receiver's name is resolved by the proxy, and the literal check at delivery
+    is what still applies."""
+
+    def __init__(self, guard: CallbackPolicy, trusted: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self._guard = guard
+        self._trusted = trusted
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         """Resolve, then refuse the name if any of its addresses is refused."""
         results = await super().resolve(host, port, family)
+        if host in self._trusted:
+            return results
         for result in results:
             reason = self._guard.refusal(ipaddress.ip_address(result["host"]))
             if reason is not None:

@@ -25,6 +25,7 @@ from .clock import utcnow
 from .errors import GatewayError
 from .keys import STORE
 from .loop import install_fast_loop
+from .proxies import Proxies
 from .sandbox import signing_key as sandbox_signing_key
 from .sandbox import stored_signing_key
 from .settings import ConfigError, Settings
@@ -173,7 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = load_settings(args, serving=True)
     install_fast_loop()
-    logs.configure(settings.log_level, secrets=settings.secrets)
+    try:
+        proxies = Proxies.from_environment()
+    except ValueError as exc:
+        fail(f"HTTPS_PROXY / HTTP_PROXY: {exc}")
+    logs.configure(settings.log_level, secrets=(*settings.secrets, *proxies.passwords()))
     try:
         app = create_app(settings)
     except ConfigError as exc:

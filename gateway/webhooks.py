@@ -20,6 +20,7 @@ from yarl import URL
 from .callbacks import CallbackPolicy, CallbackRefused
 from .clock import Clock
 from .metrics import Metrics
+from .proxies import Proxies
 from .secretbox import SecretBox
 from .store import Store
 from .store.outbox import DueWebhook, claim_due_webhooks, next_due_at, record_attempt
@@ -70,12 +71,14 @@ class WebhookWorker:
         *,
         owner: str,
         guard: CallbackPolicy,
+        proxies: Proxies | None = None,
         box: SecretBox | None = None,
         concurrency: int = 16,
         metrics: Metrics | None = None,
     ) -> None:
         self._owner = owner
         self._guard = guard
+        self._proxies = proxies or Proxies()
         self._box = box
         self._metrics = metrics
         self._store = store
@@ -156,17 +159,25 @@ class WebhookWorker:
 
     def _request(self, hook: DueWebhook) -> Any:
         timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT)
+        url = URL(hook.url)
+        via = self._proxies.request_options(url)
+        extra_headers = via.pop("headers", {})
         if hook.kind == "dlr":  # the provider's own DLR format, for drop-in clients
             params = json.loads(hook.payload)
             sealed = params.pop("password_sealed", None)
             password = self._box.open(sealed, "client_dlr") if self._box and sealed else None
             params["password"] = params.get("password") or password or ""
-            url = URL(hook.url).extend_query(params)
-            return self._session.get(url, allow_redirects=False, timeout=timeout)
+            return self._session.get(
+                url.extend_query(params),
+                headers=extra_headers,
+                allow_redirects=False,
+                timeout=timeout,
+                **via,
+            )
         body = hook.payload.encode()
-        headers = signed_headers(hook.secret, hook.id, body, int(time.time()))
+        headers = {**signed_headers(hook.secret, hook.id, body, int(time.time())), **extra_headers}
         return self._session.post(
-            hook.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            url, data=body, headers=headers, allow_redirects=False, timeout=timeout, **via
         )
 
     async def _record(

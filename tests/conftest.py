@@ -246,7 +246,11 @@ def serve_env(
     database: str, port: int, provider_url: str | None = None, **extra: str
 ) -> dict[str, str]:
     """The environment of an `sms-gateway serve` process in front of a fake provider."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GATEWAY_") and not k.lower().endswith("_proxy")
+    }
     env.update(
         {
             "GATEWAY_PORT": str(port),

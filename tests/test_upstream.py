@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import ssl
@@ -15,10 +16,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yarl import URL
 
+from gateway.proxies import Proxies, Proxy
 from gateway.upstream import MAX_BODY, ConnectFailed, ResponseLost, Upstream
 
 from .conftest import free_port
+from .proxy import ForwardProxy
 
 pytestmark = pytest.mark.both_loops
 FORM = "application/x-www-form-urlencoded"
@@ -192,9 +196,9 @@ async def test_connection_close_and_idle_closes_are_not_reused() -> None:
 @pytest.mark.parametrize(
     ("reply", "reason"),
     [
-        (b"SMTP ready\r\n\r\n", "not HTTP"),
-        (b"", "closed before the answer was complete"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "closed before"),
+        (b"SMTP ready\r\n\r\n", "no whole answer"),
+        (b"", "no whole answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "no whole answer"),
     ],
 )
 async def test_broken_answers_are_response_lost(reply: bytes, reason: str) -> None:
@@ -309,3 +313,98 @@ def test_only_absolute_http_urls() -> None:
     for url in ("ftp://example.com/x", "/relative", "https:///no-host"):
         with pytest.raises(ValueError, match="absolute"):
             Upstream(url)
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ForwardProxy]:
+    running = await ForwardProxy().start()
+    yield running
+    await running.stop()
+
+
+async def test_http_provider_through_the_proxy(server: Server, proxy: ForwardProxy) -> None:
+    client = Upstream(server.url, proxy=Proxy.parse(f"http://ops:s3cret@{proxy.url[7:]}"))
+    try:
+        for n in range(3):
+            assert (await client.post(f"n={n}".encode(), FORM, 5)).body == f"ok:n={n}".encode()
+    finally:
+        await client.close()
+    assert proxy.seen[0] == f"POST {server.url}"  # absolute form: it went through the proxy
+    assert proxy.authorizations[0] == "Basic " + base64.b64encode(b"ops:s3cret").decode()
+    assert [body for _, body in server.requests] == [b"n=0", b"n=1", b"n=2"]
+
+
+async def test_https_provider_through_a_connect_tunnel(tmp_path: Path, proxy: ForwardProxy) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    async for s in serve(Server(), ssl_context=server_tls):
+        client = Upstream(
+            s.url,
+            proxy=Proxy.parse(proxy.url),
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        try:
+            assert (await client.post(b"a=1", FORM, 5)).body == b"ok:a=1"
+        finally:
+            await client.close()
+        port = s.url.split("/")[2].split(":")[1]
+        assert proxy.seen == [f"CONNECT 127.0.0.1:{port}"]
+        assert len(s.requests) == 1
+
+
+async def test_a_proxy_that_refuses_or_hangs_the_tunnel_sent_nothing(
+    server: Server, proxy: ForwardProxy
+) -> None:
+    https_url = server.url.replace("http://", "https://")  # only https tunnels with CONNECT
+    proxy.refuse_connect = True
+    client = Upstream(https_url, proxy=Proxy.parse(proxy.url))
+    try:
+        with pytest.raises(ConnectFailed):
+            await client.post(b"x", FORM, 5)
+        proxy.refuse_connect, proxy.hang_on_connect = False, True
+        with pytest.raises(ConnectFailed, match=r"within 0\.3 s"):  # timed out while connecting
+            await client.post(b"x", FORM, 0.3)
+    finally:
+        await client.close()
+    assert len(proxy.seen) == 2 and server.requests == []
+
+
+async def test_a_proxy_that_is_down_is_connect_failed(server: Server) -> None:
+    client = Upstream(server.url, proxy=Proxy.parse(f"http://127.0.0.1:{free_port()}"))
+    try:
+        with pytest.raises(ConnectFailed):
+            await client.post(b"x", FORM, 5)
+    finally:
+        await client.close()
+    assert server.requests == []
+
+
+def test_proxies_read_from_the_environment_once() -> None:
+    proxies = Proxies.from_environment(
+        {
+            "HTTPS_PROXY": "http://upper:3128",
+            "https_proxy": "http://u:p@lower:3128",  # the lower-case name wins
+            "HTTP_PROXY": "plain:8080",  # no scheme: http
+            "NO_PROXY": "internal.example, .corp.example,10.1.2.3",
+            "PATH": "/usr/bin",
+        }
+    )
+    https = proxies.for_url(URL("https://bulksms.schooldream.co.rw/api/v2/sms/send"))
+    assert https is not None and str(https.url) == "http://lower:3128"
+    assert https.headers == {"Proxy-Authorization": "Basic dTpw"}  # u:p
+    assert proxies.passwords() == ["p"]
+    plain = proxies.for_url(URL("http://hooks.example/x"))
+    assert plain is not None and str(plain.url) == "http://plain:8080"
+    for bypassed in (
+        "http://internal.example/hook",
+        "https://a.corp.example/hook",
+        "http://10.1.2.3:8080/hook",
+    ):
+        assert proxies.for_url(URL(bypassed)) is None, bypassed
+    assert proxies.hosts() == {"lower", "plain"}
+    assert Proxies.from_environment({}).for_url(URL("https://example.com/")) is None
+    everything = Proxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"})
+    assert everything.for_url(URL("https://example.com/")) is None
+    with pytest.raises(ValueError, match="unusable proxy"):
+        Proxies.from_environment({"HTTPS_PROXY": "socks5://p:1080"})
