@@ -38,7 +38,14 @@ from .keys import (
     WORKER,
 )
 from .leases import Lease
-from .logs import REQUEST_ID_HEADER, quiet_parser_errors, request_id, request_id_for
+from .logs import (
+    REQUEST_FIELDS,
+    REQUEST_ID_HEADER,
+    quiet_parser_errors,
+    request_fields,
+    request_id,
+    request_id_for,
+)
 from .metrics import Metrics
 from .provider import ProviderClient
 from .proxies import Proxies
@@ -94,6 +101,9 @@ def _edge_middleware(metrics: Metrics) -> Middleware:
         started = time.perf_counter()
         rid = request_id_for(request)
         token = request_id.set(rid)
+        fields: dict[str, object] = {}
+        request[REQUEST_FIELDS] = fields
+        request_fields.set(fields)
         status = 500
         try:
             try:

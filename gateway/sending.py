@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import quota, settlement
+from . import logs, quota, settlement
 from .clock import Clock, iso, next_day_start, next_month_start, periods
 from .dlrtoken import DlrTokens
 from .errors import (
@@ -264,15 +264,14 @@ async def _call_provider(
             ], None
         detail = "the gateway failed before calling the provider; nothing was sent"
         return [settlement.refused(m, at, "gateway_error", detail) for m in batch.messages], None
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "batch %s for team %s: %d recipients in %d provider call(s): %s",
-            batch.batch_id,
-            batch.team_id,
-            len(batch.messages),
-            len(chunks),
-            ", ".join(sorted({o.status for o in outcomes})),
-        )
+    logs.note(
+        "batch sent",
+        batch_id=batch.batch_id,
+        team=batch.team_id,
+        recipients=len(batch.messages),
+        provider_calls=len(chunks),
+        outcome=",".join(sorted({o.status for o in outcomes})),
+    )
     return outcomes, results
 
 

@@ -90,6 +90,9 @@ class Upstream:
             raise ValueError("an absolute http or https URL is needed")
         self._via = proxy.options(self._url) if proxy else {}
         self._headers = dict(self._via.pop("headers", {}))
+        # Made once per content type and per time limit (there is one of each in practice).
+        self._headers_for: dict[str, dict[str, str]] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._session = aiohttp.ClientSession(
             connector=_MarkingConnector(
                 limit=limit,
@@ -105,15 +108,24 @@ class Upstream:
 
     async def post(self, body: bytes, content_type: str, within: float) -> Response:
         """POST `body` and return the answer; see the module's docstring for the errors."""
+        headers = self._headers_for.get(content_type)
+        if headers is None:
+            headers = self._headers_for[content_type] = {
+                **self._headers,
+                "Content-Type": content_type,
+            }
+        timeout = self._timeouts.get(within)
+        if timeout is None:
+            timeout = self._timeouts[within] = aiohttp.ClientTimeout(total=within)
         progress = _Progress()
         token = _progress.set(progress)
         try:
             async with self._session.post(
                 self._url,
                 data=body,
-                headers={**self._headers, "Content-Type": content_type},
+                headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=within),
+                timeout=timeout,
                 **self._via,
             ) as answer:
                 return Response(answer.status, await _read(answer))

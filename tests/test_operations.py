@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.keys import STORE
-from gateway.logs import REDACTED, JsonFormatter, Redactor, configure
+from gateway.logs import REDACTED, JsonFormatter, Redactor, configure, flush
 from gateway.ratelimit import RateLimiter, retry_after
 
 from .conftest import (
@@ -145,11 +145,12 @@ async def test_log_lines_are_json_with_the_request_id(
         )
     formatter = JsonFormatter()
     lines = [json.loads(formatter.format(r)) for r in caplog.records]
-    sending = [line for line in lines if line["logger"] == "gateway.sending"]
-    assert sending and sending[0]["request_id"] == "trace-42"
     access = [line for line in lines if line["logger"] == "aiohttp.access"]
     assert access[-1]["request_id"] == "trace-42"
     assert access[-1]["path"] == "/messages" and access[-1]["status"] == 201
+    # what the send did is on the same line: one line a request
+    assert access[-1]["team"] == "payments" and access[-1]["outcome"] == "sent"
+    assert access[-1]["provider_calls"] == 1 and access[-1]["batch_id"].startswith("bat_")
 
 
 def test_redactor_removes_secrets_and_their_shapes() -> None:
@@ -177,6 +178,7 @@ def test_configured_logging_redacts_everything() -> None:
             raise ValueError(f"boom {PASSWORD}")
         except ValueError:
             logging.getLogger("gateway.test").exception("failed")
+        flush()
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

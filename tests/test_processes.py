@@ -251,7 +251,9 @@ async def test_the_server_writes_only_json_lines(tmp_path: Path, provider: FakeP
     assert start["listen"] == f"127.0.0.1:{port}" and start["database"] == "sqlite"
     assert start["sandbox"] is False and start["version"]
     assert lines[-1]["event"] == "stop"
-    assert any(line["logger"] == "gateway.sending" for line in lines)
+    send = next(line for line in lines if line.get("path") == "/messages")  # one line a send
+    assert send["status"] == 201 and send["team"] == "payments" and send["outcome"] == "sent"
+    assert send["batch_id"].startswith("bat_") and send["recipients"] == 1
     warnings = [line for line in lines if "HTTP parser" in line["message"]]
     assert len(warnings) == 2 and all(w["level"] == "warning" for w in warnings), logged
     assert "Traceback" not in logged and not [line for line in lines if line["level"] == "error"]
