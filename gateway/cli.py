@@ -4,42 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from importlib import metadata
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jwt
-from aiohttp import web
-
-from . import logs
 from .clock import utcnow
 from .errors import GatewayError
-from .keys import STORE
-from .loop import install_fast_loop
-from .proxies import Proxies
 from .sandbox import signing_key as sandbox_signing_key
 from .sandbox import stored_signing_key
 from .settings import ConfigError, Settings
 from .store import Store
 from .store import teams as store_teams
 from .store.backup import BackupError, backup
-from .store.errors import StoreError
-from .teams import check_team_fields
-from .usage import billing_report, check_month, report_csv
+from .teams import check_team_fields, teams_table
+from .tokens import DEFAULT_SCOPE, check_scopes, issue_token
+from .usage import billing_report, check_month, report_csv, report_table
 from .validation import callback_guard
 
-_log = logging.getLogger("gateway")
-SANDBOX_TEAM = "sandbox"
-DEFAULT_SCOPE = "messages:send messages:read"
 _TTL = re.compile(r"(\d+)\s*([smhd]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -75,19 +61,6 @@ def parse_rate(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
-
-
-def issue_token(settings: Settings, team: str, scope: str, ttl: int) -> str:
-    """An HS256 token for `team` signed with the configured secret."""
-    if not settings.jwt_secret or len(settings.jwt_secret.encode()) < 32:
-        raise ConfigError("GATEWAY_JWT_SECRET must be set (at least 32 bytes) to issue tokens")
-    now = int(time.time())
-    claims: dict[str, Any] = {"sub": team, "scope": scope, "iat": now, "exp": now + ttl}
-    if settings.jwt_audience:
-        claims["aud"] = settings.jwt_audience
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
 def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
@@ -169,87 +142,13 @@ def _print_json(data: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Start the HTTP server."""
-    from .app import create_app
-    from .logs import AccessLogger
+    from .serve import ServeError, serve
 
     settings = load_settings(args, serving=True)
-    install_fast_loop()
     try:
-        proxies = Proxies.from_environment()
-    except ValueError as exc:
-        fail(f"HTTPS_PROXY / HTTP_PROXY: {exc}")
-    logs.configure(settings.log_level, secrets=(*settings.secrets, *proxies.passwords()))
-    try:
-        app = create_app(settings)
-    except ConfigError as exc:
+        serve(settings)
+    except ServeError as exc:
         fail(str(exc))
-    if settings.sandbox:
-
-        async def banner(app: web.Application) -> None:
-            store = app[STORE]
-            team = await store_teams.find_team(store, SANDBOX_TEAM)
-            if team is None:
-                await store_teams.create_team(
-                    store, SANDBOX_TEAM, {"name": "Sandbox team"}, utcnow()
-                )
-            token = issue_token(settings, SANDBOX_TEAM, DEFAULT_SCOPE, 7 * 86400)
-            admin_token = issue_token(settings, "sandbox-admin", "admin", 7 * 86400)
-            print(
-                "\nSandbox mode: no SMS leaves this machine; sends go to a built-in simulator.\n"
-                f"  team:        {SANDBOX_TEAM}\n"
-                f"  token:       {token}\n"
-                f"  admin token: {admin_token}\n"
-                f"  dashboard:   {settings.public_url}/dashboard/ (sign in with the admin token)\n"
-                "Try:\n"
-                f"  export TOKEN={token}\n"
-                f'  curl -s {settings.public_url}/messages -H "Authorization: Bearer $TOKEN" '
-                "-H 'Content-Type: application/json' "
-                '-d \'{"to": ["0788123456"], "text": "Hello from the sandbox"}\'\n',
-                flush=True,
-            )
-
-        app.on_startup.append(banner)
-    app.on_startup.append(_settle_memory)
-    started = {
-        "event": "start",
-        "version": _version(),
-        "listen": f"{settings.host}:{settings.port}",
-        "public_url": settings.public_url,
-        "database": "sqlite",
-        "sandbox": settings.sandbox,
-    }
-    try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            access_log_class=AccessLogger,
-            # aiohttp's "Running on" banner, said when the port listens: a JSON line instead.
-            print=lambda _banner: _log.info("gateway started", extra={"fields": started}),
-        )
-    except StoreError as exc:
-        fail(f"database {settings.database}: {exc}")
-    except OSError as exc:
-        fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
-    _log.info("gateway stopped", extra={"fields": {"event": "stop"}})
-
-
-def _version() -> str:
-    try:
-        return metadata.version("sms-gateway")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        return "unknown"
-
-
-async def _settle_memory(app: web.Application) -> None:
-    """After start-up: keep what exists out of the collector's way, and collect less often.
-
-    A send makes many short-lived objects; the default thresholds spent a few per cent of the
-    CPU in collections that found nothing to free (seen with py-spy under load).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 50)
 
 
 def cmd_team_create(args: argparse.Namespace) -> None:
@@ -274,29 +173,8 @@ def cmd_team_list(args: argparse.Namespace) -> None:
     teams: list[store_teams.Team] = _run(settings, store_teams.list_teams)
     if args.json:
         _print_json([t.public() for t in teams])
-        return
-    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "CALLBACK")
-    rows = [header] + [
-        (
-            t.id,
-            t.name,
-            "yes" if t.active else "no",
-            _cell(t.daily_limit),
-            _cell(t.monthly_limit),
-            _cell(t.monthly_budget),
-            t.callback_url or "-",
-        )
-        for t in teams
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if not teams:
-        print("(no teams yet: sms-gateway team create ID)")
-
-
-def _cell(value: int | None) -> str:
-    return "unlimited" if value is None else str(value)
+    else:
+        print(teams_table(teams))
 
 
 def cmd_team_update(args: argparse.Namespace) -> None:
@@ -326,17 +204,15 @@ def cmd_team_rotate(args: argparse.Namespace) -> None:
 def cmd_token_issue(args: argparse.Namespace) -> None:
     """Print an HS256 token for a team."""
     settings = load_settings(args, serving=False)
-    scopes = args.scope.split()
-    if not scopes:
-        fail("--scope must name at least one scope")
-    unknown = sorted(set(scopes) - {"messages:send", "messages:read", "admin"})
-    if unknown:
-        fail(f"unknown scope(s) {', '.join(unknown)}; use messages:send, messages:read, admin")
+    try:
+        scope = check_scopes(args.scope)
+    except ValueError as exc:
+        fail(str(exc))
     if not settings.jwt_secret:  # a sandbox's database keeps its own key
         key = _run(settings, stored_signing_key)
         if key:
             settings = replace(settings, jwt_secret=key)
-    if "admin" not in scopes:
+    if "admin" not in scope.split():
         team = _run(settings, lambda s: store_teams.find_team(s, args.team))
         if team is None:
             fail(
@@ -344,7 +220,7 @@ def cmd_token_issue(args: argparse.Namespace) -> None:
                 f"'sms-gateway team create {args.team}'"
             )
     try:
-        print(issue_token(settings, args.team, " ".join(scopes), args.ttl))
+        print(issue_token(settings, args.team, scope, args.ttl))
     except ConfigError as exc:
         fail(str(exc))
 
@@ -364,21 +240,7 @@ def cmd_usage(args: argparse.Namespace) -> None:
     if args.csv:
         sys.stdout.write(report_csv(report))
         return
-    header = ("TEAM", "MESSAGES", "SEGMENTS", "COST (RWF)")
-    rows = [header] + [
-        (r["team"], str(r["messages"]), str(r["segments"]), str(r["cost"])) for r in report["data"]
-    ]
-    totals = report["totals"]
-    rows.append(("total", str(totals["messages"]), str(totals["segments"]), str(totals["cost"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    print(f"Usage for {month} ({settings.timezone})")
-    for row in rows:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    print(report_table(report, month, settings.timezone))
 
 
 def cmd_backup(args: argparse.Namespace) -> None:

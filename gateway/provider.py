@@ -167,6 +167,8 @@ def parse_cost(value: Any) -> int | None:
     """The provider's cost as whole RWF (it has no smaller unit); None if missing or unreadable."""
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, int):  # the usual answer: no Decimal needed
+        return value if 0 <= value < 10**16 else None
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:

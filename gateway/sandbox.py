@@ -18,7 +18,11 @@ import aiohttp
 from aiohttp import web
 
 from . import segments
+from .clock import utcnow
+from .keys import SETTINGS, STORE
 from .store import Store
+from .store import teams as store_teams
+from .tokens import DEFAULT_SCOPE, issue_token
 
 log = logging.getLogger("gateway.sandbox")
 
@@ -178,3 +182,29 @@ async def stored_signing_key(store: Store) -> str | None:
     """The sandbox's key, if this database belongs to a sandbox."""
     row = await store.fetchone("SELECT value FROM meta WHERE key = ?", (SIGNING_KEY,))
     return str(row["value"]) if row else None
+
+
+SANDBOX_TEAM = "sandbox"
+
+
+async def welcome(app: web.Application) -> None:
+    """At start-up in sandbox mode: make sure the sandbox team exists and print its tokens and a
+    first command (stdout, for the person who just typed `serve --sandbox`)."""
+    settings, store = app[SETTINGS], app[STORE]
+    if await store_teams.find_team(store, SANDBOX_TEAM) is None:
+        await store_teams.create_team(store, SANDBOX_TEAM, {"name": "Sandbox team"}, utcnow())
+    token = issue_token(settings, SANDBOX_TEAM, DEFAULT_SCOPE, 7 * 86400)
+    admin_token = issue_token(settings, "sandbox-admin", "admin", 7 * 86400)
+    print(
+        "\nSandbox mode: no SMS leaves this machine; sends go to a built-in simulator.\n"
+        f"  team:        {SANDBOX_TEAM}\n"
+        f"  token:       {token}\n"
+        f"  admin token: {admin_token}\n"
+        f"  dashboard:   {settings.public_url}/dashboard/ (sign in with the admin token)\n"
+        "Try:\n"
+        f"  export TOKEN={token}\n"
+        f'  curl -s {settings.public_url}/messages -H "Authorization: Bearer $TOKEN" '
+        "-H 'Content-Type: application/json' "
+        '-d \'{"to": ["0788123456"], "text": "Hello from the sandbox"}\'\n',
+        flush=True,
+    )

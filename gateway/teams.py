@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from .callbacks import CallbackPolicy
 from .errors import ValidationFailed
+from .store.teams import Team
 from .validation import check_callback_url
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -84,3 +86,32 @@ def check_team_fields(body: Any, *, creating: bool, guard: CallbackPolicy) -> di
             raise _bad("callback_url", "must be an http(s) URL or null")
         out["callback_url"] = check_callback_url(value, guard)
     return out
+
+
+def teams_table(teams: Sequence[Team]) -> str:
+    """The teams as an aligned text table (the CLI's `team list`)."""
+    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "CALLBACK")
+    rows = [header] + [
+        (
+            t.id,
+            t.name,
+            "yes" if t.active else "no",
+            _cell(t.daily_limit),
+            _cell(t.monthly_limit),
+            _cell(t.monthly_budget),
+            t.callback_url or "-",
+        )
+        for t in teams
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if not teams:
+        lines.append("(no teams yet: sms-gateway team create ID)")
+    return "\n".join(lines)
+
+
+def _cell(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)

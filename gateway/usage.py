@@ -95,3 +95,23 @@ def report_csv(report: dict[str, Any]) -> str:
     for row in report["data"]:
         writer.writerow([row[c] for c in CSV_COLUMNS])
     return out.getvalue()
+
+
+def report_table(report: dict[str, Any], month: str, tz_name: str) -> str:
+    """A billing report as an aligned text table with a total row (the CLI's `usage`)."""
+    header = ("TEAM", "MESSAGES", "SEGMENTS", "COST (RWF)")
+    rows = [header] + [
+        (r["team"], str(r["messages"]), str(r["segments"]), str(r["cost"])) for r in report["data"]
+    ]
+    totals = report["totals"]
+    rows.append(("total", str(totals["messages"]), str(totals["segments"]), str(totals["cost"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"Usage for {month} ({tz_name})"]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
