@@ -29,6 +29,7 @@ from .keys import (
     HTTP,
     METRICS,
     OPENAPI,
+    PROXIES,
     RATES,
     SEND,
     SETTINGS,
@@ -70,8 +71,11 @@ MAX_BODY_BYTES = 256 * 1024
 PROVIDER_CONNECTIONS = 100
 
 
-def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
-    """Build the gateway application; resources open when it starts and close when it stops."""
+def create_app(
+    settings: Settings, *, clock: Clock = utcnow, proxies: Proxies | None = None
+) -> web.Application:
+    """Build the gateway application; resources open when it starts and close when it stops.
+    `proxies`: the outgoing proxies `serve` read at start (by default, read here)."""
     metrics = Metrics()
     quiet_parser_errors()
     app = web.Application(
@@ -83,6 +87,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app[TEAMS] = TeamCache()
     app[SETTINGS] = settings
     app[CLOCK] = clock
+    app[PROXIES] = proxies if proxies is not None else Proxies.from_environment()
     app[TIMEZONE] = ZoneInfo(settings.timezone)
     app[OPENAPI] = resources.files("gateway").joinpath("openapi.yaml").read_bytes()
     app.cleanup_ctx.append(_resources)
@@ -128,7 +133,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     lease = Lease(store, settings.lease_seconds, swept_answer)
     await lease.start()
-    proxies = Proxies.from_environment()  # read once: see proxies.py
+    proxies = app[PROXIES]
     http = aiohttp.ClientSession(  # the JWKS fetch: rare, so the proxy is looked up each time
         connector=aiohttp.TCPConnector(limit=100),
         headers={"User-Agent": "sms-gateway"},

@@ -10,6 +10,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .clock import Clock
 from .metrics import Metrics
+from .proxies import Proxies
 from .ratelimit import RateLimiter
 from .sending import SendContext
 from .settings import Settings
@@ -29,3 +30,4 @@ WORKER = web.AppKey("worker", WebhookWorker)
 METRICS = web.AppKey("metrics", Metrics)
 RATES = web.AppKey("rates", RateLimiter)
 TEAMS = web.AppKey("teams", TeamCache)
+PROXIES = web.AppKey("proxies", Proxies)

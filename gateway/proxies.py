@@ -7,7 +7,6 @@ process runs, so it is read here once and each request is given its proxy explic
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,11 +35,11 @@ class Proxy:
         header = aiohttp.encode_basic_auth(url.user, url.password or "")
         return cls(url.with_user(None), {"Proxy-Authorization": header}, url.password)
 
-    def options(self, url: URL) -> dict[str, Any]:
+    def options(self, url: URL) -> tuple[dict[str, Any], Mapping[str, str]]:
         """See Proxies.request_options."""
         if self.headers and url.scheme == "http":
-            return {"proxy": self.url, "headers": dict(self.headers)}
-        return {"proxy": self.url, "proxy_headers": self.headers}
+            return {"proxy": self.url}, self.headers
+        return {"proxy": self.url, "proxy_headers": self.headers}, {}
 
 
 @dataclass(frozen=True)
@@ -48,31 +47,19 @@ class Proxies:
     """The proxy for each scheme and the hosts that bypass it (NO_PROXY)."""
 
     by_scheme: Mapping[str, Proxy] = field(default_factory=dict)
-    _environment: Mapping[str, str] = field(default_factory=dict)
+    _bypass: dict[str, str] = field(default_factory=dict)  # {"no": NO_PROXY}, urllib's shape
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Proxies:
+    def from_environment(cls) -> Proxies:
         """Read the proxy variables the way every HTTP tool does (urllib's rules: lower or
         upper case, `NO_PROXY` a comma-separated list of hosts, domains, `*`)."""
-        environ = os.environ if environ is None else environ
-        found: dict[str, str] = {}
-        # urllib.request.getproxies_environment's rules, on the given mapping: the lower-case
-        # name wins over the upper-case one, and an empty lower-case one unsets it.
-        for name, value in environ.items():
-            if name.lower().endswith("_proxy") and value and name.upper() == name:
-                found[name[:-6].lower()] = value
-        for name, value in environ.items():
-            if name.lower().endswith("_proxy") and name.lower() == name:
-                if value:
-                    found[name[:-6]] = value
-                else:
-                    found.pop(name[:-6], None)
+        found = urllib.request.getproxies_environment()
         by_scheme = {
             scheme: Proxy.parse(value)
             for scheme, value in found.items()
             if scheme in ("http", "https") and value
         }
-        return cls(by_scheme, {k: v for k, v in found.items() if k == "no"})
+        return cls(by_scheme, {"no": found["no"]} if found.get("no") else {})
 
     def for_url(self, url: URL) -> Proxy | None:
         """The proxy a request to `url` goes through, or None (no proxy, or NO_PROXY)."""
@@ -80,21 +67,20 @@ class Proxies:
         if proxy is None or url.host is None:
             return None
         host = url.host if url.explicit_port is None else f"{url.host}:{url.port}"
-        if urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
-            host, dict(self._environment)
-        ):
+        if urllib.request.proxy_bypass_environment(host, self._bypass):  # type: ignore[attr-defined]
             return None
         return proxy
 
-    def request_options(self, url: URL) -> dict[str, Any]:
-        """aiohttp request options sending a request to `url` through its proxy (none: {}).
+    def request_options(self, url: URL) -> tuple[dict[str, Any], Mapping[str, str]]:
+        """The aiohttp request options that send a request to `url` through its proxy, and the
+        headers to add to the request itself (no proxy: nothing).
 
         A plain-http request goes to the proxy itself and carries the credentials in its own
         headers; an https one tunnels through CONNECT, which carries them (`proxy_headers`).
         """
         proxy = self.for_url(url)
         if proxy is None:
-            return {}
+            return {}, {}
         return proxy.options(url)
 
     def hosts(self) -> frozenset[str]:

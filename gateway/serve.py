@@ -32,7 +32,7 @@ def serve(settings: Settings) -> None:
         raise ServeError(f"HTTPS_PROXY / HTTP_PROXY: {exc}") from None
     logs.configure(settings.log_level, secrets=(*settings.secrets, *proxies.passwords()))
     try:
-        app = create_app(settings)
+        app = create_app(settings, proxies=proxies)
     except ConfigError as exc:
         raise ServeError(str(exc)) from None
     if settings.sandbox:

@@ -88,8 +88,8 @@ class Upstream:
         self._url = URL(url)
         if self._url.scheme not in ("http", "https") or not self._url.host:
             raise ValueError("an absolute http or https URL is needed")
-        self._via = proxy.options(self._url) if proxy else {}
-        self._headers = dict(self._via.pop("headers", {}))
+        self._via, proxy_headers = proxy.options(self._url) if proxy else ({}, {})
+        self._headers = dict(proxy_headers)
         # Made once per content type and per time limit (there is one of each in practice).
         self._headers_for: dict[str, dict[str, str]] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}

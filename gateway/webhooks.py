@@ -160,8 +160,7 @@ class WebhookWorker:
     def _request(self, hook: DueWebhook) -> Any:
         timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT)
         url = URL(hook.url)
-        via = self._proxies.request_options(url)
-        extra_headers = via.pop("headers", {})
+        via, extra_headers = self._proxies.request_options(url)
         if hook.kind == "dlr":  # the provider's own DLR format, for drop-in clients
             params = json.loads(hook.payload)
             sealed = params.pop("password_sealed", None)

@@ -25,6 +25,7 @@ from gateway.app import create_app
 from gateway.clock import Clock, utcnow
 from gateway.logs import AccessLogger
 from gateway.settings import Settings
+from gateway.store import messages as store_messages
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 API_KEY = "prov-api-key-7f3a9c"
@@ -272,6 +273,37 @@ def serve_env(
     return env
 
 
+def plain_batch(
+    batch_id: str, at: str, messages: list[store_messages.NewMessage]
+) -> store_messages.Batch:
+    """A batch of team `payments` (text "x", GSM-7, no sender, reference or callback) created
+    at `at`, for tests that drive the store directly."""
+    return store_messages.Batch(
+        batch_id=batch_id,
+        team_id="payments",
+        text="x",
+        sender=None,
+        reference=None,
+        callback_url=None,
+        encoding="gsm7",
+        day=at[:10],
+        month=at[:7],
+        created_at=at,
+        messages=messages,
+    )
+
+
+async def wait_until_healthy(port: int, within: float = 30) -> None:
+    """Until a server on `port` answers /healthz with 200 (TimeoutError after `within` s)."""
+    async with asyncio.timeout(within), aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def gateway_process(
     env: dict[str, str],
@@ -290,13 +322,7 @@ async def gateway_process(
         stderr=stderr or asyncio.subprocess.DEVNULL,
     )
     try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
+        await wait_until_healthy(port)
         yield proc
     finally:
         if proc.returncode is None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.settings import Settings
 
-from .conftest import JWT_SECRET, FakeProvider, auth, ledger_mismatches, mint
+from .conftest import JWT_SECRET, FakeProvider, auth, ledger_mismatches, mint, plain_batch
 
 OUTCOMES = ["success", "error", "http401", "http500", "html", "garbage", "partial"]
 
@@ -152,18 +152,10 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
             if op[0] == "reserve":
                 _, owner, recipients, segments = op
                 n = len(batches)
-                batch = store_messages.Batch(
-                    batch_id=f"bat_{n:03d}",
-                    team_id="payments",
-                    text="x",
-                    sender=None,
-                    reference=None,
-                    callback_url=None,
-                    encoding="gsm7",
-                    day=at[:10],
-                    month=at[:7],
-                    created_at=at,
-                    messages=[
+                batch = plain_batch(
+                    f"bat_{n:03d}",
+                    at,
+                    [
                         store_messages.NewMessage(
                             f"msg_{n:03d}_{r}", f"2507880{n:03d}{r:02d}", segments, 75 * segments
                         )

@@ -39,7 +39,11 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     if not database.exists():  # (on a thread: some callers run inside an event loop)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, _create(database)).result()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GATEWAY_") and not k.lower().endswith("_proxy")
+    }
     env.update({"GATEWAY_DATABASE": str(database), "GATEWAY_JWT_SECRET": JWT_SECRET})
     env.update(extra)
     return env
@@ -161,6 +165,15 @@ def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str
                 "GATEWAY_JWT_SECRET": "",
             },
             "no JWT key",
+        ),
+        (
+            {
+                "GATEWAY_PROVIDER_API_KEY": "k",
+                "GATEWAY_PROVIDER_USERNAME": "u",
+                "GATEWAY_PROVIDER_PASSWORD": "p",
+                "HTTPS_PROXY": "socks5://127.0.0.1:1080",
+            },
+            "HTTPS_PROXY / HTTP_PROXY: unusable proxy URL socks5://127.0.0.1:1080",
         ),
     ],
 )

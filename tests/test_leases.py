@@ -15,21 +15,12 @@ from gateway.store import leases as store_leases
 from gateway.store import messages as store_messages
 from gateway.store import teams as store_teams
 
+from .conftest import plain_batch
+
 
 def batch(n: int) -> store_messages.Batch:
-    now = utcnow()
-    return store_messages.Batch(
-        batch_id=f"bat_{n}",
-        team_id="payments",
-        text="x",
-        sender=None,
-        reference=None,
-        callback_url=None,
-        encoding="gsm7",
-        day=iso(now)[:10],
-        month=iso(now)[:7],
-        created_at=iso(now),
-        messages=[store_messages.NewMessage(f"msg_{n}", f"25078800000{n}", 1, 75)],
+    return plain_batch(
+        f"bat_{n}", iso(utcnow()), [store_messages.NewMessage(f"msg_{n}", f"25078800000{n}", 1, 75)]
     )
 
 

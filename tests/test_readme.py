@@ -5,7 +5,6 @@ order, in one shell, against a real `sms-gateway serve --sandbox` started in a f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -13,9 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from .conftest import free_port
+from .conftest import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,13 +55,7 @@ async def test_the_walk_through_works_as_pasted(tmp_path: Path) -> None:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{gateway_port}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.1)
+        await wait_until_healthy(gateway_port)
         script = ["set -e"]
         for n, block in enumerate(blocks):
             block = block.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime
 import ipaddress
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -380,15 +381,23 @@ async def test_a_proxy_that_is_down_is_connect_failed(server: Server) -> None:
     assert server.requests == []
 
 
-def test_proxies_read_from_the_environment_once() -> None:
-    proxies = Proxies.from_environment(
-        {
-            "HTTPS_PROXY": "http://upper:3128",
-            "https_proxy": "http://u:p@lower:3128",  # the lower-case name wins
-            "HTTP_PROXY": "plain:8080",  # no scheme: http
-            "NO_PROXY": "internal.example, .corp.example,10.1.2.3",
-            "PATH": "/usr/bin",
-        }
+def proxies_from(monkeypatch: pytest.MonkeyPatch, **variables: str) -> Proxies:
+    """Proxies read from an environment holding only these proxy variables."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return Proxies.from_environment()
+
+
+def test_proxies_read_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxies = proxies_from(
+        monkeypatch,
+        HTTPS_PROXY="http://upper:3128",
+        https_proxy="http://u:p@lower:3128",  # the lower-case name wins
+        HTTP_PROXY="plain:8080",  # no scheme: http
+        NO_PROXY="internal.example, .corp.example,10.1.2.3",
     )
     https = proxies.for_url(URL("https://bulksms.schooldream.co.rw/api/v2/sms/send"))
     assert https is not None and str(https.url) == "http://lower:3128"
@@ -403,8 +412,8 @@ def test_proxies_read_from_the_environment_once() -> None:
     ):
         assert proxies.for_url(URL(bypassed)) is None, bypassed
     assert proxies.hosts() == {"lower", "plain"}
-    assert Proxies.from_environment({}).for_url(URL("https://example.com/")) is None
-    everything = Proxies.from_environment({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"})
+    assert proxies_from(monkeypatch).for_url(URL("https://example.com/")) is None
+    everything = proxies_from(monkeypatch, HTTPS_PROXY="http://p:1", NO_PROXY="*")
     assert everything.for_url(URL("https://example.com/")) is None
     with pytest.raises(ValueError, match="unusable proxy"):
-        Proxies.from_environment({"HTTPS_PROXY": "socks5://p:1080"})
+        proxies_from(monkeypatch, HTTPS_PROXY="socks5://p:1080")
