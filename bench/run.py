@@ -31,7 +31,7 @@ import aiohttp
 import jwt
 
 from gateway.loop import install_fast_loop
-from gateway.store import Store
+from gateway.store.sqlite import SqliteStore
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"
 TEAM = "bench"
@@ -357,7 +357,7 @@ async def main_async(options: argparse.Namespace) -> int:
         full_env = gateway_env(Path(tmp) / "full", provider_url, full_port, level)
         for env in (empty_env, full_env):
             Path(env["GATEWAY_DATABASE"]).parent.mkdir()
-            store = Store(env["GATEWAY_DATABASE"])  # the file, migrated, as `serve` makes it
+            store = SqliteStore(env["GATEWAY_DATABASE"])  # the file, migrated, as `serve` makes it
             await store.open()
             await store.close()
             assert subprocess_run(BENCH_TEAM, env) == 0, "could not create the bench team"

@@ -56,7 +56,7 @@ from .sandbox import Simulator
 from .secretbox import SecretBox
 from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .settings import Settings
-from .store import Store
+from .store import make_store
 from .store.messages import forget_expired_keys
 from .store.retention import delete_older_than
 from .store.teams import TeamCache
@@ -128,7 +128,7 @@ def _edge_middleware(metrics: Metrics) -> Middleware:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = Store(settings.database, busy_timeout=settings.database_busy_timeout)
+    store = make_store(settings.database, busy_timeout=settings.database_busy_timeout)
     await store.open()
     app[STORE] = store
     lease = Lease(store, settings.lease_seconds, swept_answer)

@@ -14,13 +14,14 @@ from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .clock import utcnow
-from .errors import GatewayError
+from .errors import GatewayError, domain_error
 from .sandbox import signing_key as sandbox_signing_key
 from .sandbox import stored_signing_key
 from .settings import ConfigError, Settings
-from .store import Store
+from .store import Store, describe, is_postgres, make_store
 from .store import teams as store_teams
 from .store.backup import BackupError, backup
+from .store.errors import StoreError
 from .teams import check_team_fields, teams_table
 from .tokens import DEFAULT_SCOPE, check_scopes, issue_token
 from .usage import billing_report, check_month, report_csv, report_table
@@ -81,7 +82,7 @@ def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
                 try:
                     env["GATEWAY_JWT_SECRET"] = sandbox_signing_key(database)
                 except Exception as exc:  # sqlite3 errors, permissions: one line
-                    fail(f"cannot open database {database}: {exc}")
+                    fail(f"cannot open database {describe(database)}: {exc}")
             return Settings.from_env(env, args.config, sandbox=sandbox or None)
         return Settings.from_env(
             os.environ, args.config, sandbox=True if sandbox else None, check=False
@@ -91,18 +92,19 @@ def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
 
 
 def _run(settings: Settings, work: Callable[[Store], Awaitable[Any]]) -> Any:
-    if settings.database != ":memory:" and not os.path.exists(settings.database):
+    database = settings.database
+    if not is_postgres(database) and database != ":memory:" and not os.path.exists(database):
         fail(
-            f"no database at {settings.database}: `sms-gateway serve` creates it at its first "
+            f"no database at {database}: `sms-gateway serve` creates it at its first "
             "start (check GATEWAY_DATABASE)"
         )
 
     async def main() -> Any:
-        store = Store(settings.database)
+        store = make_store(database)
         try:
             await store.open()
-        except Exception as exc:  # sqlite3 errors, permissions: one line, not a traceback
-            fail(f"cannot open database {settings.database}: {exc}")
+        except Exception as exc:  # driver errors, permissions: one line, not a traceback
+            fail(f"cannot open database {describe(database)}: {exc}")
         try:
             return await work(store)
         finally:
@@ -112,6 +114,9 @@ def _run(settings: Settings, work: Callable[[Store], Awaitable[Any]]) -> Any:
         return asyncio.run(main())
     except GatewayError as exc:
         fail(exc.detail)
+    except StoreError as exc:
+        error = domain_error(exc)
+        fail(error.detail if error is not None else str(exc))
 
 
 def _team_fields(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -216,7 +221,7 @@ def cmd_token_issue(args: argparse.Namespace) -> None:
         team = _run(settings, lambda s: store_teams.find_team(s, args.team))
         if team is None:
             fail(
-                f"no team {args.team!r} in {settings.database}; create it with "
+                f"no team {args.team!r} in {describe(settings.database)}; create it with "
                 f"'sms-gateway team create {args.team}'"
             )
     try:
@@ -248,6 +253,11 @@ def cmd_backup(args: argparse.Namespace) -> None:
     settings = load_settings(args, serving=False)
     if settings.database == ":memory:":
         fail("GATEWAY_DATABASE is :memory:; there is nothing to back up")
+    if is_postgres(settings.database):
+        fail(
+            "GATEWAY_DATABASE is PostgreSQL: back it up with pg_dump (pg_dump --format=custom "
+            "--file=DEST DATABASE_URL), which takes a consistent snapshot while replicas run"
+        )
     shown = -1
 
     def progress(copied: int, total: int) -> None:

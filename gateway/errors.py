@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .jsonio import dumps
-from .store.errors import DatabaseBusy
+from .store import errors as store_errors
 
 log = logging.getLogger("gateway")
 
@@ -102,12 +102,16 @@ def domain_error(error: BaseException) -> GatewayError | None:
     """The domain error an exception stands for (a store error becomes its HTTP meaning)."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, DatabaseBusy):
-        # Raised only where nothing was changed: after the provider may have acted, the send
+    if isinstance(error, store_errors.DatabaseUnavailable):
+        # Raised only where nothing was sent: after the provider may have acted, the send
         # workflow answers 504 instead (see sending.py).
         return DatabaseUnavailable(
-            f"{error}; nothing was changed, retry shortly", headers={"Retry-After": "1"}
+            f"{error}; nothing was sent, retry shortly", headers={"Retry-After": "1"}
         )
+    if isinstance(error, store_errors.NotFound):
+        return NotFound(str(error), code=f"{error.kind}_not_found")
+    if isinstance(error, store_errors.Duplicate):
+        return Conflict(str(error), code=f"{error.kind}_exists")
     return None
 
 

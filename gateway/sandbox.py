@@ -20,7 +20,7 @@ from aiohttp import web
 from . import segments
 from .clock import utcnow
 from .keys import SETTINGS, STORE
-from .store import Store
+from .store import Store, make_store
 from .store import teams as store_teams
 from .tokens import DEFAULT_SCOPE, issue_token
 
@@ -168,7 +168,7 @@ def signing_key(database: str) -> str:
         return secrets.token_hex(32)
 
     async def read() -> str:
-        store = Store(database)
+        store = make_store(database)
         await store.open()
         try:
             return (await store.secret(SIGNING_KEY)).hex()

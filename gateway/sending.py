@@ -40,7 +40,7 @@ from .secretbox import SecretBox
 from .settings import Settings
 from .store import messages as store_messages
 from .store.db import Store
-from .store.errors import DatabaseBusy
+from .store.errors import DatabaseUnavailable, DatabaseUnreachable
 from .store.messages import KeyAnswer, Outcome
 from .validation import SendRequest
 
@@ -133,7 +133,7 @@ async def send(
 ) -> Answer:
     """Reserve, call the provider in batches, settle, and return the answer to give.
 
-    Raises QuotaExceeded (and the store's DatabaseBusy) before anything is stored or sent.
+    Raises QuotaExceeded (and the store's DatabaseUnavailable) before anything is stored or sent.
     Otherwise the answer is 201, or the provider's failure (502, 503, 504) with the stored
     messages. With an Idempotency-Key, a live key's first answer is replayed instead, and
     this answer is kept in the transaction that settles the messages.
@@ -149,6 +149,10 @@ async def send(
         reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
     except store_messages.TeamInactive:
         raise Forbidden(f"team {team_id!r} is disabled", code="team_disabled") from None
+    except DatabaseUnreachable as exc:
+        if exc.committed_unknown:
+            _release_later(ctx, batch)
+        raise
     if isinstance(reserved, store_messages.PriorAnswer):
         return _replay(reserved, body_hash)
     if reserved is not None:
@@ -158,6 +162,21 @@ async def send(
     outcomes, results = await _call_provider(ctx, batch, request)
     answer_for = _answer_builder(batch.batch_id, results)
     return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
+
+
+def _release_later(ctx: SendContext, batch: store_messages.Batch) -> None:
+    """The connection broke while the reservation's COMMIT was on its way, so it may have been
+    made. Nothing was sent: once the database answers, such rows (still `sending` under this
+    process's lease) are settled `failed` and refunded; if the reservation was not made, the
+    settlement finds no row and changes nothing."""
+    at = iso(ctx.clock())
+    detail = "the gateway lost the database before the send; nothing was sent"
+    refunds = [settlement.refused(m, at, "not_sent", detail) for m in batch.messages]
+
+    async def write() -> None:
+        await store_messages.settle(ctx.store, ctx.owner, batch, refunds)
+
+    ctx.catch_up.add(write, f"the reservation of batch {batch.batch_id}")
 
 
 def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
@@ -408,7 +427,7 @@ async def _settle_later(
     """The outcome could not be stored now. If the provider may have acted, the answer is 504
     with the messages `unknown`; either way it becomes the key's answer, and the outcome is
     stored in the background as soon as the database allows."""
-    if isinstance(error, DatabaseBusy):
+    if isinstance(error, DatabaseUnavailable):
         log.warning("batch %s: %s; its outcome is stored when it can be", batch.batch_id, error)
     else:
         log.error("batch %s: storing its outcome failed", batch.batch_id, exc_info=error)
@@ -428,7 +447,7 @@ async def _settle_later(
     fixed: AnswerFor = lambda _messages: answer  # noqa: E731 - the client already has it
     delay = ctx.settings.webhook_retry_schedule[0]
     stored_pending = False
-    if pending and not isinstance(error, DatabaseBusy):
+    if pending and not isinstance(error, DatabaseUnavailable):
         # A failing write (not a lock held elsewhere): the simpler `unknown` may still go in.
         try:
             await store_messages.settle(

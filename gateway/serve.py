@@ -14,6 +14,7 @@ from .loop import install_fast_loop
 from .proxies import Proxies
 from .sandbox import welcome
 from .settings import ConfigError, Settings
+from .store import describe, is_postgres
 from .store.errors import StoreError
 
 log = logging.getLogger("gateway")
@@ -43,7 +44,7 @@ def serve(settings: Settings) -> None:
         "version": version(),
         "listen": f"{settings.host}:{settings.port}",
         "public_url": settings.public_url,
-        "database": "sqlite",
+        "database": "postgresql" if is_postgres(settings.database) else "sqlite",
         "sandbox": settings.sandbox,
     }
     try:
@@ -56,7 +57,7 @@ def serve(settings: Settings) -> None:
             print=lambda _banner: log.info("gateway started", extra={"fields": started}),
         )
     except StoreError as exc:
-        raise ServeError(f"database {settings.database}: {exc}") from None
+        raise ServeError(f"database {describe(settings.database)}: {exc}") from None
     except OSError as exc:
         raise ServeError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"

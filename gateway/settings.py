@@ -50,7 +50,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    database: str = "gateway.db"
+    database: str = field(default="gateway.db", repr=False)  # a URL may hold a password
     provider_url: str = DEFAULT_PROVIDER_URL
     provider_api_key: str | None = field(default=None, repr=False)
     provider_username: str | None = None
@@ -87,7 +87,15 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value configured, for redaction and leak checks."""
-        values = (self.provider_api_key, self.provider_password, self.jwt_secret)
+        database_password = None
+        if self.database.startswith(("postgresql://", "postgres://")):
+            database_password = urlsplit(self.database).password
+        values = (
+            self.provider_api_key,
+            self.provider_password,
+            self.jwt_secret,
+            database_password,
+        )
         return tuple(v for v in values if v)
 
     def validate(self) -> None:

@@ -132,13 +132,14 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
 
     from gateway.clock import iso, utcnow
     from gateway.sending import swept_answer
-    from gateway.store import Store, outbox
     from gateway.store import leases as store_leases
     from gateway.store import messages as store_messages
+    from gateway.store import outbox
     from gateway.store import teams as store_teams
+    from gateway.store.sqlite import SqliteStore
 
     database = str(directory / "gateway.db")
-    store = Store(database)
+    store = SqliteStore(database)
     await store.open()
     try:
         now = utcnow()

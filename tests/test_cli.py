@@ -22,13 +22,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from gateway.settings import SANDBOX_CREDENTIALS
-from gateway.store import Store
+from gateway.store.sqlite import SqliteStore
 
 from .conftest import JWT_SECRET, Receiver, free_port
 
 
 async def _create(database: Path) -> None:
-    store = Store(str(database))
+    store = SqliteStore(str(database))
     await store.open()  # what `serve` does at its first start: the file, migrated
     await store.close()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from gateway.clock import iso, utcnow
 from gateway.leases import Lease, host_key, pid_alive
 from gateway.sending import swept_answer
-from gateway.store import Store
 from gateway.store import leases as store_leases
 from gateway.store import messages as store_messages
 from gateway.store import teams as store_teams
+from gateway.store.sqlite import SqliteStore
 
 from .conftest import plain_batch
 
@@ -26,7 +26,7 @@ def batch(n: int) -> store_messages.Batch:
 
 async def test_only_lapsed_or_dead_leases_are_swept(tmp_path: Path) -> None:
     path = str(tmp_path / "gateway.db")
-    store = Store(path)
+    store = SqliteStore(path)
     await store.open()
     lease = Lease(store, 30, swept_answer)
     try:

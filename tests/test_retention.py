@@ -10,8 +10,8 @@ from pathlib import Path
 from gateway.clock import iso
 from gateway.ids import lowest_ulid
 from gateway.settings import Settings
-from gateway.store import Store
 from gateway.store.retention import delete_older_than
+from gateway.store.sqlite import SqliteStore
 
 from .conftest import ClientFactory, FakeProvider, FixedClock, Receiver, auth, create_team, mint
 
@@ -63,7 +63,7 @@ async def test_old_rows_go_and_billing_stays(
 async def test_deletion_goes_a_chunk_at_a_time_and_keeps_pending_deliveries(
     tmp_path: Path,
 ) -> None:
-    store = Store(str(tmp_path / "gateway.db"))
+    store = SqliteStore(str(tmp_path / "gateway.db"))
     await store.open()
     try:
         then = datetime.now(UTC) - timedelta(days=10)

@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import domain_error
-from gateway.store import Store
+from gateway.store.db import Tx
 from gateway.store.errors import DatabaseBusy
 from gateway.store.messages import forget_expired_keys
+from gateway.store.sqlite import SqliteStore
 
 
-def put(conn: sqlite3.Connection, key: str, fail: bool) -> str:
-    conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+async def put(tx: Tx, key: str, fail: bool) -> str:
+    await tx.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
     if fail:
         raise ValueError(f"refused {key}")
     return key
 
 
 async def test_a_failing_write_is_undone_alone(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "store.db"))
+    store = SqliteStore(str(tmp_path / "store.db"))
     await store.open()
     try:
         results = await asyncio.gather(
@@ -60,10 +61,10 @@ def hold_write_lock(path: Path, seconds: float, locked: threading.Event) -> None
 @contextlib.asynccontextmanager
 async def store_with_lock_held_elsewhere(
     tmp_path: Path, seconds: float, **options: float
-) -> AsyncIterator[Store]:
+) -> AsyncIterator[SqliteStore]:
     """An open store whose database file another writer has locked for `seconds`."""
     path = tmp_path / "store.db"
-    store = Store(str(path), **options)
+    store = SqliteStore(str(path), **options)
     await store.open()
     locked = threading.Event()
     holder = threading.Thread(target=hold_write_lock, args=(path, seconds, locked))
@@ -110,7 +111,7 @@ async def test_a_lock_held_too_long_is_503_and_changes_nothing(tmp_path: Path) -
 
 async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    store = Store(str(path), checkpoint_every=0.05)
+    store = SqliteStore(str(path), checkpoint_every=0.05)
     await store.open()
     try:
         before = path.stat().st_size
@@ -125,7 +126,7 @@ async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
 
 
 async def test_expired_keys_are_forgotten_a_chunk_at_a_time(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "store.db"))
+    store = SqliteStore(str(tmp_path / "store.db"))
     await store.open()
     try:
         await store.run(

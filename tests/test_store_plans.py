@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import Store
 from gateway.store.messages import ListFilter, list_query
+from gateway.store.sqlite import SqliteStore
 
 FILTERS = {
     "status": "delivered",
@@ -26,7 +26,7 @@ FILTERS = {
 @pytest.fixture
 async def database(tmp_path: Path) -> str:
     path = str(tmp_path / "plans.db")
-    store = Store(path)
+    store = SqliteStore(path)
     await store.open()  # the real migrations
     await store.close()
     return path

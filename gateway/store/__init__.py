@@ -1,5 +1,5 @@
 """Storage: the only code that writes SQL."""
 
-from .db import Store
+from .db import Store, describe, is_postgres, make_store
 
-__all__ = ["Store"]
+__all__ = ["Store", "describe", "is_postgres", "make_store"]

@@ -48,7 +48,8 @@ class StatusCount:
 async def status_counts(store: Store, min_id: str) -> list[StatusCount]:
     """Messages created since the ULID `min_id`, across teams, by status."""
     rows = await store.fetchall(
-        "SELECT status, COUNT(*) AS n, SUM(cost) AS cost FROM messages WHERE id >= ?"
+        "SELECT status, COUNT(*) AS n, CAST(SUM(cost) AS BIGINT) AS cost FROM messages"
+        " WHERE id >= ?"
         " GROUP BY status ORDER BY status",
         (min_id,),
     )

@@ -1,242 +1,108 @@
-"""The SQLite handle: a writer on the event loop's thread, a reader on its own, migrations on open.
+"""One store, two databases: SQLite (the embedded default) or PostgreSQL (several replicas).
 
-Writes run on the event loop's thread, grouped: every write that arrives while the loop goes
-round once shares one transaction and one COMMIT (group commit). SQLite spends a few
-microseconds of CPU on a write; handing each to another thread cost more than that, in the
-hand-off itself and in the two threads taking turns at the GIL (measured under `bench/`). What
-could block the loop is kept off it: waiting for a write lock held by another process (the
-group is then run on a worker thread, which waits for it) and WAL checkpoints, with their fsync
-(a background task runs them on a worker thread). Reads go through aiosqlite's thread, so a
-large page does not hold up sends.
+Every write is a coroutine function `fn(tx, *args)` run in one transaction by `Store.write`;
+it talks to the database only through its `Tx`. The SQL both databases accept is written once,
+in SQLite's placeholder style (`?`, `?N`), and PostgreSQL's `$N` is derived from it; where the
+two differ (JSON functions, row locks, `SKIP LOCKED`) a statement is an `Sql` pair, so a reader
+sees both versions side by side.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import abc
 import secrets
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable
-from importlib import resources
-from typing import Any, TypeVar
-
-import aiosqlite
-
-from .errors import DatabaseBusy, SchemaTooNew, StoreClosed
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
-MAX_GROUP = 256  # writes per group commit
-MIGRATIONS = tuple(f"schema_{n}.sql" for n in range(1, 8))
-PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
-Group = list[tuple[Callable[..., Any], tuple[Any, ...]]]
+Row = Any  # sqlite3.Row or asyncpg.Record: both index by column name and by position
 
 
-class Store:
+class Sql(NamedTuple):
+    """One statement as each database writes it."""
+
+    sqlite: str
+    postgresql: str
+
+
+Statement = str | Sql
+
+
+class Tx(abc.ABC):
+    """The connection of one transaction, as the write functions see it."""
+
+    dialect: ClassVar[str]  # "sqlite" | "postgresql"
+
+    @abc.abstractmethod
+    async def execute(self, sql: Statement, params: Sequence[Any] = ()) -> int:
+        """Run one statement; how many rows it changed."""
+
+    @abc.abstractmethod
+    async def fetchone(self, sql: Statement, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query (or a statement's RETURNING), or None."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: Statement, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row of a query (or a statement's RETURNING)."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: Statement, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+
+Write = Callable[..., Awaitable[T]]
+
+
+class Store(abc.ABC):
     """Owns the database connections; every write goes through `write()` (or `run()`)."""
 
-    def __init__(
-        self, path: str, *, busy_timeout: float = 10.0, checkpoint_every: float = 1.0
-    ) -> None:
-        self.path = path
-        self.busy_timeout = busy_timeout
-        self.checkpoint_every = checkpoint_every
-        self._writer: sqlite3.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._checkpointer: sqlite3.Connection | None = None
-        self._quick: sqlite3.Connection | None = None
-        self._writer_elsewhere = False  # a group runs on a worker thread, waiting for a lock
-        self._checkpointing = threading.Lock()
-        self._checkpoints: asyncio.Task[None] | None = None
-        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._drainer: asyncio.Task[None] | None = None
+    kind: ClassVar[str]  # "sqlite" | "postgresql", as the start line names it
 
+    @abc.abstractmethod
     async def open(self) -> None:
-        """Connect, switch to WAL and bring the schema up to date."""
-        # Used on the loop's thread, and on a worker thread only while the loop waits for it.
-        self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._writer.row_factory = sqlite3.Row
-        wait = f"busy_timeout={int(self.busy_timeout * 1000)}"
-        # Until the schema is ready, wait for locks: several processes may start together on a
-        # new file, and switching it to WAL needs a moment alone with it.
-        for pragma in (*PRAGMAS, wait):
-            self._writer.execute(f"PRAGMA {pragma}")
-        found = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
-        if found > len(MIGRATIONS):  # before anything, even the journal mode, is changed
-            self._writer.close()
-            self._writer = None
-            raise SchemaTooNew(found, len(MIGRATIONS))
-        if self.path != ":memory:":  # (a second :memory: connection would be another database)
-            self._writer.execute("PRAGMA journal_mode=WAL")
-            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
-        _migrate(self._writer)
-        self._writer.execute("PRAGMA busy_timeout=0")  # from now on, never wait on the loop
-        if self.path != ":memory:":
-            # Small reads on the loop's own thread (a team by its id): microseconds, no hand-off.
-            self._quick = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._quick.row_factory = sqlite3.Row
-            for pragma in (*PRAGMAS, "busy_timeout=0"):
-                self._quick.execute(f"PRAGMA {pragma}")
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            self._reader.row_factory = aiosqlite.Row
-            for pragma in (*PRAGMAS, f"busy_timeout={int(self.busy_timeout * 1000)}"):
-                await _pragma(self._reader, pragma)
-            self._checkpointer = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            self._checkpointer.execute(f"PRAGMA {wait}")
-        if self._checkpointer is not None:
-            self._checkpoints = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+        """Connect and bring the schema up to date (safely when several processes start)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finish the writes under way, then close every connection."""
-        while self._drainer is not None and not self._drainer.done():
-            await asyncio.wait([self._drainer])
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
-        if self._reader is not None:
-            await self._reader.close()
-        # A checkpoint cancelled above may still run on its thread: wait for it, off the loop.
-        await asyncio.to_thread(self._close_checkpointer)
-        for conn in (self._quick, self._writer):
-            if conn is not None:
-                conn.close()
-        self._reader = self._writer = self._checkpointer = self._quick = None
-        self._checkpoints = None
 
-    def _close_checkpointer(self) -> None:
-        with self._checkpointing:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
+    @abc.abstractmethod
+    async def write(self, fn: Write[T], *args: Any) -> T:
+        """Run `await fn(tx, *args)` in one transaction; its result (or its exception)."""
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(connection, *args)` atomically; its result (or its exception).
+    @abc.abstractmethod
+    async def fetchall(self, sql: Statement, params: Iterable[Any] = ()) -> list[Row]:
+        """All rows of a read (one round trip)."""
 
-        Writes that arrive while the loop goes round once are grouped into one transaction with
-        one COMMIT (group commit). An error in one undoes only that one (see _transact_group).
-        """
-        if self._writer is None:
-            raise StoreClosed("the database is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, args, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        result: T = await future
-        return result
-
-    async def _drain(self) -> None:
-        assert self._writer is not None, "store is not open"
-        conn = self._writer
-        await asyncio.sleep(0)  # the handlers that are ready to run add their writes first
-        while self._pending:
-            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-            items = [(fn, args) for fn, args, _ in group]
-            try:
-                try:
-                    outcomes = _transact_group(conn, items)
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                        raise
-                    # Another process holds the write lock: wait for it off the loop's thread.
-                    self._writer_elsewhere = True
-                    try:
-                        outcomes = await asyncio.to_thread(
-                            _transact_waiting, conn, items, self.busy_timeout
-                        )
-                    finally:
-                        self._writer_elsewhere = False
-            except BaseException as exc:  # the transaction itself failed: every write did
-                if isinstance(exc, sqlite3.OperationalError) and (
-                    exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
-                ):
-                    exc = DatabaseBusy(self.busy_timeout)
-                for _, _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for (_, _, future), (ok, value) in zip(group, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-    async def checkpoint(self) -> tuple[int, int, int]:
-        """Copy the WAL into the database file (PASSIVE: never waits for the writer), on a
-        worker thread; SQLite's (busy, WAL frames, frames checkpointed)."""
-        conn = self._checkpointer
-        if conn is None:
-            return (0, 0, 0)
-
-        def run() -> tuple[int, int, int]:
-            with self._checkpointing:  # close() waits for this before closing the connection
-                if self._checkpointer is None:
-                    return (0, 0, 0)
-                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                return int(row[0]), int(row[1]), int(row[2])
-
-        return await asyncio.to_thread(run)
-
-    async def _checkpoint_loop(self) -> None:
-        """Checkpoint every `checkpoint_every` seconds, instead of inside a COMMIT on the loop."""
-        while True:
-            await asyncio.sleep(self.checkpoint_every)
-            try:
-                await self.checkpoint()
-            except sqlite3.Error:  # a busy or closing database: the next round tries again
-                continue
-
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        """One row from the reader (one round trip)."""
+    async def fetchone(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
+        """One row of a read (one round trip)."""
         return next(iter(await self.fetchall(sql, params)), None)
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        """All rows from the reader (one round trip)."""
-        if self._reader is None:  # :memory: has one connection, the writer
-            assert self._writer is not None, "store is not open"
-            return self._writer.execute(sql, tuple(params)).fetchall()
-        return list(await self._reader.execute_fetchall(sql, tuple(params)))
+    async def read_now(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
+        """One row of a small indexed read on the request path (the quickest way there is)."""
+        return await self.fetchone(sql, params)
 
     def data_version(self) -> int | None:
-        """SQLite's count of commits made through other connections (other processes, the
-        CLI) as the writer sees it; None when it cannot be asked now. Unchanged means nothing
-        but this process has written the database since."""
-        if self._writer is None or self._writer_elsewhere or self._reader is None:
-            return None
-        return int(self._writer.execute("PRAGMA data_version").fetchone()[0])
+        """A number that moves whenever another process commits, where the database offers
+        one cheaply; None means "ask the database each time"."""
+        return None
 
-    async def read_now(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        """One row of a small indexed read, on the loop's thread when the file allows it.
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """SQLite's WAL checkpoint (busy, frames, checkpointed); nothing to do elsewhere."""
+        return (0, 0, 0)
 
-        A WAL reader never waits for the writer, so this costs microseconds; in the rare case
-        that SQLite answers busy (another process recovering the WAL) it goes to the reader.
-        """
-        conn = self._quick or self._writer  # (only :memory: has no separate reader)
-        assert conn is not None, "store is not open"
-        try:
-            row: sqlite3.Row | None = conn.execute(sql, tuple(params)).fetchone()
-            return row
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                raise
-            return await self.fetchone(sql, params)
-
-    async def run(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """One write statement, atomically (grouped with other writes); its rowcount."""
+    async def run(self, sql: Statement, params: Iterable[Any] = ()) -> int:
+        """One write statement, atomically; its rowcount."""
         return await self.write(_run, sql, tuple(params))
 
     async def secret(self, name: str) -> bytes:
-        """A random 32-byte key kept in the database, made on first use (e.g. for DLR tokens)."""
+        """A random 32-byte key kept in the database, made on first use (e.g. for DLR tokens);
+        every process sharing the database gets the same one."""
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
         if row is None:
             await self.run(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                 (name, secrets.token_hex(32)),
             )
             row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (name,))
@@ -244,112 +110,33 @@ class Store:
         return bytes.fromhex(row["value"])
 
 
-def _run(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
-    return conn.execute(sql, params).rowcount
+async def _run(tx: Tx, sql: Statement, params: tuple[Any, ...]) -> int:
+    return await tx.execute(sql, params)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to `len(MIGRATIONS)` (recorded in PRAGMA user_version) in one
-    transaction, which also makes processes that start together take turns; a database newer
-    than this code is left untouched."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise SchemaTooNew(version, len(MIGRATIONS))
-        for number, name in enumerate(MIGRATIONS, start=1):
-            if number > version:
-                script = resources.files("gateway.store").joinpath(name).read_text()
-                for statement in statements(script):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    _commit(conn)
+def is_postgres(database: str) -> bool:
+    """Whether GATEWAY_DATABASE names a PostgreSQL database rather than a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
 
 
-def _transact_group(conn: sqlite3.Connection, group: Group) -> list[tuple[bool, Any]]:
-    """The group's writes in one transaction (on the loop's thread, or on a worker thread
-    while another process holds the write lock).
-
-    Writes rarely fail, so the group first runs without a savepoint each (fewer statements).
-    If one raises, that transaction is rolled back and the group runs again with a savepoint
-    per write, so only the failing write is undone. A write is a function of the database
-    and its arguments, so running it again after a rollback is the same as running it once.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcomes: list[tuple[bool, Any]] = [(True, fn(conn, *args)) for fn, args in group]
-    except Exception:
-        conn.execute("ROLLBACK")
-        return _transact_each(conn, group)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    _commit(conn)
-    return outcomes
+def describe(database: str) -> str:
+    """The database as it may be printed: a PostgreSQL URL without its password."""
+    if not is_postgres(database):
+        return database
+    parts = urlsplit(database)
+    if parts.password is None:
+        return database
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _commit(conn: sqlite3.Connection) -> None:
-    """COMMIT; if it fails (a full disk, say), roll back so the next BEGIN starts clean."""
-    try:
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def make_store(database: str, *, busy_timeout: float = 10.0) -> Store:
+    """The store for GATEWAY_DATABASE: a PostgreSQL URL, or a SQLite file (`:memory:`)."""
+    if is_postgres(database):
+        from .postgres import PostgresStore
 
+        return PostgresStore(database)
+    from .sqlite import SqliteStore
 
-def _transact_each(conn: sqlite3.Connection, group: Group) -> list[tuple[bool, Any]]:
-    """One transaction, a savepoint per write: a write that raises is undone, the rest commit."""
-    outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for fn, args in group:
-            conn.execute("SAVEPOINT one_write")
-            try:
-                outcomes.append((True, fn(conn, *args)))
-            except Exception as exc:  # this write is undone; the others go on
-                conn.execute("ROLLBACK TO one_write")
-                outcomes.append((False, exc))
-            conn.execute("RELEASE one_write")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    _commit(conn)
-    return outcomes
-
-
-def _transact_waiting(
-    conn: sqlite3.Connection, group: Group, seconds: float
-) -> list[tuple[bool, Any]]:
-    """`_transact_group`, waiting up to `seconds` for the write lock (on a worker thread)."""
-    conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
-    try:
-        return _transact_group(conn, group)
-    finally:
-        conn.execute("PRAGMA busy_timeout=0")
-
-
-async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
-    """Run a PRAGMA and close its cursor (an open one can hold a lock)."""
-    async with conn.execute(f"PRAGMA {pragma}"):
-        pass
-
-
-def statements(script: str) -> list[str]:
-    """A schema file's statements, as SQLite's own tokenizer ends them (executescript would
-    commit the migration's transaction, and a `;` in a string or comment is no boundary)."""
-    found: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            found.append(pending.strip())
-            pending = ""
-    if pending.strip() and not all(
-        part.strip().startswith("--") or not part.strip() for part in pending.splitlines()
-    ):
-        raise ValueError(f"unterminated statement in schema: {pending.strip()[:60]!r}")
-    return found
+    return SqliteStore(database, busy_timeout=busy_timeout)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .db import Store
+from .db import Sql, Store, Tx
 from .messages import KeyAnswer, answer_key, batch_messages
+from .shared import append_event
 
 
 @dataclass(frozen=True)
@@ -61,42 +61,47 @@ class Swept:
 AnswerFor = Callable[[str | None, list[dict[str, Any]]], KeyAnswer]
 
 
-def _sweep(
-    conn: sqlite3.Connection,
+# Rows without an owner were left by a gateway older than leases.
+_INTERRUPT = Sql(
+    *(
+        "UPDATE messages SET status = 'unknown', owner = NULL, error_code = 'interrupted',"
+        " error_detail = 'the gateway process sending it stopped before the provider''s"
+        f" answer was stored', events = {append}"
+        " WHERE status = 'sending' AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))"
+        for append in append_event("'unknown'", "?1")
+    )
+)
+
+
+async def _sweep(
+    tx: Tx,
     me: str,
     lapsed_before: str,
     dead: Sequence[str],
     at: str,
     answer_for: AnswerFor,
 ) -> Swept:
-    marks = ",".join("?" * len(dead))
-    gone = conn.execute(
-        f"DELETE FROM processes WHERE id != ? AND (heartbeat_at < ? OR id IN ({marks}))",  # noqa: S608
-        (me, lapsed_before, *dead),
-    ).rowcount
-    # Rows without an owner were left by a gateway older than leases.
-    messages = conn.execute(
-        "UPDATE messages SET status = 'unknown', owner = NULL, error_code = 'interrupted',"
-        " error_detail = 'the gateway process sending it stopped before the provider''s"
-        " answer was stored',"
-        " events = json_insert(events, '$[#]', json_object('status', 'unknown', 'at', ?))"
-        " WHERE status = 'sending' AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))",
-        (at,),
-    ).rowcount
+    gone = await tx.execute(
+        "DELETE FROM processes WHERE id != ? AND heartbeat_at < ?", (me, lapsed_before)
+    )
+    for process_id in dead:
+        if process_id != me:
+            gone += await tx.execute("DELETE FROM processes WHERE id = ?", (process_id,))
+    messages = await tx.execute(_INTERRUPT, (at,))
     # Webhooks a dead process was delivering are anyone's again (it may have delivered them:
     # at least once, the receivers tell repeats apart by webhook-id).
-    conn.execute(
+    await tx.execute(
         "UPDATE webhooks SET claimed_by = NULL, claim_until = NULL WHERE claim_until IS NOT NULL"
         " AND claimed_by NOT IN (SELECT id FROM processes)"
     )
-    keys = conn.execute(
+    keys = await tx.fetchall(
         "SELECT team_id, key, batch_id FROM idempotency WHERE state = 'in_flight'"
         " AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))"
-    ).fetchall()
+    )
     for team_id, key, batch_id in keys:
-        stored = batch_messages(conn, team_id, batch_id) if batch_id else []
+        stored = await batch_messages(tx, team_id, batch_id) if batch_id else []
         answer = answer_for(batch_id, stored)
-        answer_key(conn, team_id, key, answer)
+        await answer_key(tx, team_id, key, answer)
     return Swept(gone, messages, len(keys))
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import quota
 from . import outbox
-from .db import Store
+from .db import Sql, Store, Tx
 from .rows import message_object, resource
+from .shared import LOCK_BATCH, append_event
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,16 @@ class PriorAnswer:
     body: str | None
 
 
-def _claimed(conn: sqlite3.Connection, team_id: str, claim: IdempotencyClaim) -> PriorAnswer | None:
-    row = conn.execute(
+async def _claimed(tx: Tx, team_id: str, claim: IdempotencyClaim) -> PriorAnswer | None:
+    row = await tx.fetchone(
         "SELECT * FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
-    ).fetchone()
+    )
     if row is None:
         return None
     if row["created_at"] < claim.live_after:
-        conn.execute("DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key))
+        await tx.execute(
+            "DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
+        )
         return None
     return PriorAnswer(
         row["request_hash"],
@@ -84,15 +86,24 @@ class TeamInactive(Exception):
     """The team was disabled (or removed) after its request was authenticated."""
 
 
-def _reserve(
-    conn: sqlite3.Connection, owner: str, batch: Batch, claim: IdempotencyClaim | None
+# Reservations of one team take turns: on PostgreSQL the team's row is locked first, so the
+# counters read below include every reservation committed before (READ COMMITTED reads them
+# afresh after the lock) and none can pass a limit in between. On SQLite the write
+# transaction (BEGIN IMMEDIATE) already excludes every other writer.
+LOCK_TEAM = "SELECT 1 FROM teams WHERE id = ? FOR UPDATE"
+
+
+async def _reserve(
+    tx: Tx, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
+    if tx.dialect == "postgresql":
+        await tx.execute(LOCK_TEAM, (batch.team_id,))
     if claim is not None:
-        prior = _claimed(conn, batch.team_id, claim)
+        prior = await _claimed(tx, batch.team_id, claim)
         if prior is not None:
             return prior
     # The team's limits and its counters for both periods, in one statement.
-    team = conn.execute(
+    team = await tx.fetchone(
         "SELECT t.active, t.daily_limit, t.monthly_limit, t.monthly_budget,"
         " d.segments AS day_segments, m.segments AS month_segments, m.cost AS month_cost"
         " FROM teams t"
@@ -100,7 +111,7 @@ def _reserve(
         " LEFT JOIN usage m ON m.team_id = t.id AND m.period = ?"
         " WHERE t.id = ?",
         (batch.day, batch.month, batch.team_id),
-    ).fetchone()
+    )
     if team is None or not team["active"]:
         raise TeamInactive(batch.team_id)
     segments = sum(m.segments for m in batch.messages)
@@ -115,7 +126,7 @@ def _reserve(
     if refusal is not None:
         return refusal
     if claim is not None:
-        conn.execute(
+        await tx.execute(
             "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
             " owner) VALUES (?, ?, ?, ?, 'in_flight', ?, ?)",
             (
@@ -129,9 +140,9 @@ def _reserve(
         )
     count = len(batch.messages)
     reserved = UsageDelta(count, segments, cost)
-    bump(conn, batch.team_id, {batch.day: reserved, batch.month: reserved})
+    await bump(tx, batch.team_id, {batch.day: reserved, batch.month: reserved})
     events = json.dumps([{"status": "sending", "at": batch.created_at}])
-    conn.executemany(
+    await tx.executemany(
         "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
         " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
         " created_at, events, client_dlr, owner)"
@@ -214,15 +225,15 @@ class UsageDelta:
     cost: int = 0
 
 
-def bump(conn: sqlite3.Connection, team_id: str, deltas: dict[str, UsageDelta]) -> None:
+async def bump(tx: Tx, team_id: str, deltas: dict[str, UsageDelta]) -> None:
     """Add each period's delta to the team's counters (same transaction as the rows' change)."""
-    conn.executemany(
-        "INSERT INTO usage (team_id, period, messages, segments, cost)"
-        " VALUES (:team, :period, :messages, :segments, :cost)"
-        " ON CONFLICT (team_id, period) DO UPDATE SET messages = messages + excluded.messages,"
-        " segments = segments + excluded.segments, cost = cost + excluded.cost",
+    await tx.executemany(
+        "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (team_id, period) DO UPDATE SET"
+        " messages = usage.messages + excluded.messages,"
+        " segments = usage.segments + excluded.segments, cost = usage.cost + excluded.cost",
         [
-            {"team": team_id, "period": period, **vars(d)}
+            (team_id, period, d.messages, d.segments, d.cost)
             for period, d in deltas.items()
             if d.messages or d.segments or d.cost
         ],
@@ -265,18 +276,24 @@ def _in_memory(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
     )
 
 
-_SETTLE = (
-    "UPDATE messages SET status = ?1, charged_segments = ?2, cost = ?3,"
-    " provider_message_id = ?4, error_code = ?5, error_detail = ?6, owner = NULL,"
-    " sent_at = CASE WHEN ?1 = 'sent' THEN ?7 ELSE sent_at END,"
-    " completed_at = CASE WHEN ?1 = 'failed' THEN ?7 ELSE completed_at END,"
-    # a failed message is final: a drop-in client's DLR target is no longer needed
-    " client_dlr = CASE WHEN ?1 = 'failed' THEN NULL ELSE client_dlr END,"
-    " events = json_insert(events, '$[#]', json_object('status', ?1, 'at', ?7))"
-    " WHERE id = ?8 AND "
-)
-_SETTLE_OWNED = _SETTLE + "status = 'sending' AND owner = ?9"
-_SETTLE_CAUGHT_UP = _SETTLE + "status = 'unknown' AND error_code = ?9"
+def _settle_statement(condition: str) -> Sql:
+    event = append_event("?1", "?7")
+    return Sql(
+        *(
+            "UPDATE messages SET status = ?1, charged_segments = ?2, cost = ?3,"
+            " provider_message_id = ?4, error_code = ?5, error_detail = ?6, owner = NULL,"
+            " sent_at = CASE WHEN ?1 = 'sent' THEN ?7 ELSE sent_at END,"
+            " completed_at = CASE WHEN ?1 = 'failed' THEN ?7 ELSE completed_at END,"
+            # a failed message is final: a drop-in client's DLR target is no longer needed
+            " client_dlr = CASE WHEN ?1 = 'failed' THEN NULL ELSE client_dlr END,"
+            f" events = {append} WHERE id = ?8 AND {condition}"
+            for append in event
+        )
+    )
+
+
+_SETTLE_OWNED = _settle_statement("status = 'sending' AND owner = ?9")
+_SETTLE_CAUGHT_UP = _settle_statement("status = 'unknown' AND error_code = ?9")
 
 
 def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
@@ -285,8 +302,8 @@ def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]
     return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
-def _settle(
-    conn: sqlite3.Connection,
+async def _settle(
+    tx: Tx,
     owner: str,
     batch: Batch,
     outcomes: Sequence[Outcome],
@@ -294,6 +311,8 @@ def _settle(
     key: str | None,
     answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
 ) -> Settled:
+    if tx.dialect == "postgresql":
+        await tx.execute(LOCK_BATCH, (batch.batch_id,))
     reserved = {m.id: m for m in batch.messages}
     changed: set[str] = set()
     delta = UsageDelta()
@@ -308,19 +327,19 @@ def _settle(
             o.at,
             o.message_id,
         )
-        if conn.execute(_SETTLE_OWNED, (*values, owner)).rowcount:
+        if await tx.execute(_SETTLE_OWNED, (*values, owner)):
             # a row `sending` under its owner's lease still carries exactly its reservation
             was_segments, was_cost = reserved[o.message_id].segments, reserved[o.message_id].cost
         else:
-            row = conn.execute(
+            row = await tx.fetchone(
                 "SELECT status, error_code, charged_segments, cost FROM messages WHERE id = ?",
                 (o.message_id,),
-            ).fetchone()
+            )
             if (
                 row is None
                 or row["status"] != "unknown"
                 or row["error_code"] not in CATCH_UP_CODES
-                or not conn.execute(_SETTLE_CAUGHT_UP, (*values, row["error_code"])).rowcount
+                or not await tx.execute(_SETTLE_CAUGHT_UP, (*values, row["error_code"]))
             ):
                 continue  # settled already, or by another process: a row settles once
             was_segments, was_cost = row["charged_segments"], row["cost"]
@@ -328,51 +347,51 @@ def _settle(
         delta.segments += o.charged_segments - was_segments
         delta.cost += o.cost - was_cost
         changed.add(o.message_id)
-    bump(conn, batch.team_id, {batch.day: delta, batch.month: delta})
+    await bump(tx, batch.team_id, {batch.day: delta, batch.month: delta})
     at = outcomes[0].at if outcomes else batch.created_at
     applied = 0
     if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
-        applied = outbox.apply_pending_reports(conn, batch.batch_id, at, webhook_delay)
+        applied = await outbox.apply_pending_reports(tx, batch.batch_id, at, webhook_delay)
     if applied or len(changed) != len(batch.messages):
         # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
-        messages = batch_messages(conn, batch.team_id, batch.batch_id)
+        messages = await batch_messages(tx, batch.team_id, batch.batch_id)
     else:
         messages = as_settled(batch, outcomes)
     team_urls: dict[str, str | None] = {}
-    queued = applied + sum(
-        outbox.enqueue_webhook(
-            conn, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
-        )
-        for m in messages
-        if m["status"] == "failed" and m["id"] in changed
-    )
+    queued = applied
+    for m in messages:
+        if m["status"] == "failed" and m["id"] in changed:
+            queued += await outbox.enqueue_webhook(
+                tx, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
+            )
     answer = None
     if key is not None and answer_for is not None:
         answer = answer_for(messages)
-        if not answer_key(
-            conn, batch.team_id, key, answer
+        if not await answer_key(
+            tx, batch.team_id, key, answer
         ):  # answered already (a sweep gave it the lost-answer 504): keep that one
-            answer = _stored_answer(conn, batch.team_id, key) or answer
+            answer = await _stored_answer(tx, batch.team_id, key) or answer
     return Settled(messages, queued, answer)
 
 
-def _stored_answer(conn: sqlite3.Connection, team_id: str, key: str) -> KeyAnswer | None:
-    row = conn.execute(
+async def _stored_answer(tx: Tx, team_id: str, key: str) -> KeyAnswer | None:
+    row = await tx.fetchone(
         "SELECT status, content_type, body FROM idempotency WHERE team_id = ? AND key = ?"
         " AND state = 'done'",
         (team_id, key),
-    ).fetchone()
+    )
     if row is None:
         return None
     return KeyAnswer(row["status"], row["content_type"], row["body"].encode())
 
 
-def batch_messages(conn: sqlite3.Connection, team_id: str, batch_id: str) -> list[dict[str, Any]]:
-    """The batch's messages as stored, in the order they were stored (inside a transaction)."""
-    rows = conn.execute(
-        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
+async def batch_messages(tx: Tx, team_id: str, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's messages as stored, in the order they were stored (inside a transaction;
+    a batch's ids are made in increasing order)."""
+    rows = await tx.fetchall(
+        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY id",
         (team_id, batch_id),
-    ).fetchall()
+    )
     return [resource(r) for r in rows]
 
 
@@ -397,15 +416,15 @@ async def settle(
     return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)
 
 
-def answer_key(conn: sqlite3.Connection, team_id: str, key: str, answer: KeyAnswer) -> bool:
+async def answer_key(tx: Tx, team_id: str, key: str, answer: KeyAnswer) -> bool:
     """Give an in-flight Idempotency-Key its answer (replayed while the key lives); False if
     the key was not in flight (answered already)."""
     return bool(
-        conn.execute(
+        await tx.execute(
             "UPDATE idempotency SET state = 'done', owner = NULL, status = ?, content_type = ?,"
             " body = ? WHERE team_id = ? AND key = ? AND state = 'in_flight'",
             (answer.status, answer.content_type, answer.body.decode(), team_id, key),
-        ).rowcount
+        )
     )
 
 
@@ -438,7 +457,7 @@ async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, 
 async def get_batch(store: Store, team_id: str, batch_id: str) -> list[dict[str, Any]]:
     """The messages of one batch in the order they were stored."""
     rows = await store.fetchall(
-        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY rowid",
+        "SELECT * FROM messages WHERE team_id = ? AND batch_id = ? ORDER BY id",
         (team_id, batch_id),
     )
     return [resource(r) for r in rows]

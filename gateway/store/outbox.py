@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import aiosqlite
-
 from ..clock import iso, parse_iso
 from ..ids import ulid
-from .db import Store
+from .db import Row, Sql, Store, Tx
 from .rows import resource
+from .shared import LOCK_BATCH, append_event
 
 FINAL_STATES = {"D": "delivered", "U": "undelivered"}
 WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed"})
@@ -34,8 +32,8 @@ def _after(at: str, seconds: float) -> str:
     return iso(parse_iso(at) + timedelta(seconds=seconds))
 
 
-def enqueue_webhook(
-    conn: sqlite3.Connection,
+async def enqueue_webhook(
+    tx: Tx,
     team_id: str,
     message: dict[str, Any],
     callback_url: str | None,
@@ -48,7 +46,7 @@ def enqueue_webhook(
     if message["status"] not in WEBHOOK_EVENTS:
         return 0
     if team_id not in team_urls:
-        team = conn.execute("SELECT callback_url FROM teams WHERE id = ?", (team_id,)).fetchone()
+        team = await tx.fetchone("SELECT callback_url FROM teams WHERE id = ?", (team_id,))
         team_urls[team_id] = team["callback_url"] if team else None
     url = callback_url or team_urls[team_id]
     if not url:
@@ -59,7 +57,7 @@ def enqueue_webhook(
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    conn.execute(
+    await tx.execute(
         "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
         " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
         (
@@ -76,36 +74,36 @@ def enqueue_webhook(
     return 1
 
 
-def _apply(
-    conn: sqlite3.Connection, report: Report, at: str, delay: float
-) -> tuple[ReportOutcome, str | None]:
+_FINISH = Sql(
+    *(
+        "UPDATE messages SET status = ?1, completed_at = ?2, owner = NULL,"
+        f" events = {append} WHERE id = ?3 AND status IN ('sent', 'unknown') RETURNING *"
+        for append in append_event("?1", "?2")
+    )
+)
+
+
+async def _apply(tx: Tx, report: Report, at: str, delay: float) -> tuple[ReportOutcome, str | None]:
     """Move the report's message to its final state and queue its webhook, if it can be."""
-    found = conn.execute(
+    found = await tx.fetchone(
         "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
         (report.batch_id, report.provider_message_id),
-    ).fetchone()
+    )
     if found is None:
         return "pending", None  # the send's answer is not stored yet, or never will be
-    if found["status"] not in ("sent", "unknown"):
-        return "ignored", found["id"]
     status = FINAL_STATES[report.state]
-    row = conn.execute(
-        "UPDATE messages SET status = ?, completed_at = ?, owner = NULL,"
-        " events = json_insert(events, '$[#]', json_object('status', ?, 'at', ?)) WHERE id = ?"
-        " RETURNING *",
-        (status, at, status, at, found["id"]),
-    ).fetchone()
-    enqueue_webhook(conn, row["team_id"], resource(row), row["callback_url"], at, delay, {})
+    row = await tx.fetchone(_FINISH, (status, at, found["id"]))
+    if row is None:  # final already (or failed): the report cannot change it
+        return "ignored", found["id"]
+    await enqueue_webhook(tx, row["team_id"], resource(row), row["callback_url"], at, delay, {})
     if row["client_dlr"]:
-        _enqueue_client_dlr(conn, row, report.state, at, delay)
+        await _enqueue_client_dlr(tx, row, report.state, at, delay)
         # The message is final: its DLR target lives on only in that delivery, until it is made.
-        conn.execute("UPDATE messages SET client_dlr = NULL WHERE id = ?", (row["id"],))
+        await tx.execute("UPDATE messages SET client_dlr = NULL WHERE id = ?", (row["id"],))
     return "applied", found["id"]
 
 
-def _enqueue_client_dlr(
-    conn: sqlite3.Connection, row: sqlite3.Row, state: str, at: str, delay: float
-) -> None:
+async def _enqueue_client_dlr(tx: Tx, row: Row, state: str, at: str, delay: float) -> None:
     """Queue the provider-format GET a drop-in client asked for with its own `dlrurl`."""
     target = json.loads(row["client_dlr"])
     params = {
@@ -116,7 +114,7 @@ def _enqueue_client_dlr(
         "dlvrMsgId": row["id"],
         "dlvrMsgStat": state,
     }
-    conn.execute(
+    await tx.execute(
         "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
         " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, 'dlr')",
         (
@@ -132,27 +130,28 @@ def _enqueue_client_dlr(
     )
 
 
-def _settle_report(
-    conn: sqlite3.Connection, report_id: int, outcome: str, message_id: str | None, at: str
+async def _settle_report(
+    tx: Tx, report_id: int, outcome: str, message_id: str | None, at: str
 ) -> None:
-    conn.execute(
+    await tx.execute(
         "UPDATE dlr_reports SET outcome = ?, message_id = ?, settled_at = ? WHERE id = ?",
         (outcome, message_id, at, report_id),
     )
 
 
-def _receive(conn: sqlite3.Connection, report: Report, at: str, delay: float) -> ReportOutcome:
-    inserted = conn.execute(
-        "INSERT OR IGNORE INTO dlr_reports"
-        " (batch_id, provider_message_id, recipient, state, received_at)"
-        " VALUES (?, ?, ?, ?, ?) RETURNING id",
+async def _receive(tx: Tx, report: Report, at: str, delay: float) -> ReportOutcome:
+    if tx.dialect == "postgresql":
+        await tx.execute(LOCK_BATCH, (report.batch_id,))
+    inserted = await tx.fetchone(
+        "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
         (report.batch_id, report.provider_message_id, report.recipient, report.state, at),
-    ).fetchone()
+    )
     if inserted is None:
         return "duplicate"
-    outcome, message_id = _apply(conn, report, at, delay)
+    outcome, message_id = await _apply(tx, report, at, delay)
     if outcome != "pending":
-        _settle_report(conn, inserted[0], outcome, message_id, at)
+        await _settle_report(tx, inserted[0], outcome, message_id, at)
     return outcome
 
 
@@ -161,19 +160,19 @@ async def receive_report(store: Store, report: Report, at: str, delay: float) ->
     return await store.write(_receive, report, at, delay)
 
 
-def apply_pending_reports(conn: sqlite3.Connection, batch_id: str, at: str, delay: float) -> int:
+async def apply_pending_reports(tx: Tx, batch_id: str, at: str, delay: float) -> int:
     """Apply the reports that arrived before this batch's send answer was stored; how many
     were applied (each may have queued a webhook)."""
-    waiting = conn.execute(
+    waiting = await tx.fetchall(
         "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
         (batch_id,),
-    ).fetchall()
+    )
     applied = 0
     for row in waiting:
         report = Report(row["batch_id"], row["provider_message_id"], row["recipient"], row["state"])
-        outcome, message_id = _apply(conn, report, at, delay)
+        outcome, message_id = await _apply(tx, report, at, delay)
         if outcome != "pending":
-            _settle_report(conn, row["id"], outcome, message_id, at)
+            await _settle_report(tx, row["id"], outcome, message_id, at)
         applied += outcome == "applied"
     return applied
 
@@ -193,31 +192,29 @@ class DueWebhook:
     kind: str  # webhook (signed POST) | dlr (provider-format GET)
 
 
-def _claim(
-    conn: sqlite3.Connection, owner: str, now: str, until: str, limit: int
-) -> list[DueWebhook]:
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "UPDATE webhooks SET claimed_by = ?, claim_until = ? WHERE id IN ("
-            " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?"
-            " AND (claim_until IS NULL OR claim_until < ?) ORDER BY next_attempt_at LIMIT ?)"
-            " RETURNING id",
-            (owner, until, now, now, limit),
-        )
-    ]
-    if not ids:
-        return []
-    rows = conn.execute(
-        "SELECT w.id, w.url, w.payload, w.attempts, w.kind, t.webhook_secret FROM webhooks w"  # noqa: S608 - placeholders only
-        " JOIN teams t ON t.id = w.team_id"
-        f" WHERE w.id IN ({','.join('?' * len(ids))}) ORDER BY w.next_attempt_at",
-        ids,
-    ).fetchall()
+# Replicas claim different rows at once: PostgreSQL skips the rows another claim has locked.
+_CLAIM = Sql(
+    *(
+        "UPDATE webhooks SET claimed_by = ?1, claim_until = ?2 WHERE id IN ("
+        " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?3"
+        f" AND (claim_until IS NULL OR claim_until < ?3) ORDER BY next_attempt_at LIMIT ?4{lock})"
+        " RETURNING id, url, payload, attempts, kind, next_attempt_at,"
+        " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret"
+        for lock in ("", " FOR UPDATE SKIP LOCKED")
+    )
+)
+
+
+async def _claim(tx: Tx, owner: str, now: str, until: str, limit: int) -> list[DueWebhook]:
+    rows = sorted(await tx.fetchall(_CLAIM, (owner, until, now, limit)), key=_due_order)
     return [
-        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["webhook_secret"], r["kind"])
+        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["secret"], r["kind"])
         for r in rows
     ]
+
+
+def _due_order(row: Row) -> tuple[str, str]:
+    return (row["next_attempt_at"], row["id"])
 
 
 async def claim_due_webhooks(
@@ -262,20 +259,27 @@ async def record_attempt(
     else:
         status, next_at = "failed", None
     return bool(
-        await store.run(
-            "UPDATE webhooks SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-            " last_status = ?, last_error = ?, claimed_by = NULL, claim_until = NULL,"
-            " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
-            # a delivered DLR needs its client's password no more
-            " payload = CASE WHEN ? = 'delivered' AND kind = 'dlr'"
-            " THEN json_remove(payload, '$.password_sealed') ELSE payload END"
-            " WHERE id = ? AND claimed_by = ?",
-            (status, next_at, http_status, error, status, iso(at), status, webhook_id, owner),
-        )
+        await store.run(_RECORD, (status, next_at, http_status, error, iso(at), webhook_id, owner))
     )
 
 
-def webhook_resource(row: aiosqlite.Row) -> dict[str, Any]:
+_RECORD = Sql(
+    *(
+        "UPDATE webhooks SET attempts = attempts + 1, status = ?1, next_attempt_at = ?2,"
+        " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
+        " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
+        # a delivered DLR needs its client's password no more
+        f" payload = CASE WHEN ?1 = 'delivered' AND kind = 'dlr' THEN {removed}"
+        " ELSE payload END WHERE id = ?6 AND claimed_by = ?7"
+        for removed in (
+            "json_remove(payload, '$.password_sealed')",
+            "(payload::jsonb - 'password_sealed')::text",
+        )
+    )
+)
+
+
+def webhook_resource(row: Row) -> dict[str, Any]:
     """The admin API's webhook object."""
     return {
         "id": row["id"],

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from ..clock import iso
-from ..errors import Conflict, NotFound
-from .db import Store
+from .db import Row, Store
+from .errors import Duplicate, NotFound
 
 TEAM_FIELDS = (
     "name",
@@ -64,7 +61,7 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _team(row: aiosqlite.Row | sqlite3.Row) -> Team:
+def _team(row: Row) -> Team:
     return Team(
         id=row["id"],
         name=row["name"],
@@ -80,29 +77,31 @@ def _team(row: aiosqlite.Row | sqlite3.Row) -> Team:
 
 
 async def create_team(store: Store, team_id: str, fields: dict[str, Any], now: datetime) -> Team:
-    """Insert a team; Conflict if the id is taken."""
+    """Insert a team; Duplicate if the id is taken."""
     values = {"name": team_id, "active": True, **fields}
-    try:
-        await store.run(
-            "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
-            " rate_limit_per_second, callback_url, webhook_secret, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                team_id,
-                values["name"],
-                int(values["active"]),
-                values.get("daily_limit"),
-                values.get("monthly_limit"),
-                values.get("monthly_budget"),
-                values.get("rate_limit_per_second"),
-                values.get("callback_url"),
-                new_webhook_secret(),
-                iso(now),
-            ),
-        )
-    except sqlite3.IntegrityError:
-        raise Conflict(f"team {team_id!r} already exists", code="team_exists") from None
+    if not await store.run(
+        "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
+        " rate_limit_per_second, callback_url, webhook_secret, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (
+            team_id,
+            values["name"],
+            int(values["active"]),
+            values.get("daily_limit"),
+            values.get("monthly_limit"),
+            values.get("monthly_budget"),
+            _rate(values.get("rate_limit_per_second")),
+            values.get("callback_url"),
+            new_webhook_secret(),
+            iso(now),
+        ),
+    ):
+        raise Duplicate("team", team_id)
     return await get_team(store, team_id)
+
+
+def _rate(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 async def find_team(store: Store, team_id: str) -> Team | None:
@@ -122,7 +121,7 @@ async def get_team(store: Store, team_id: str) -> Team:
     """The team with this id; NotFound otherwise."""
     team = await find_team(store, team_id)
     if team is None:
-        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+        raise NotFound("team", team_id)
     return team
 
 
@@ -136,6 +135,8 @@ async def update_team(store: Store, team_id: str, fields: dict[str, Any]) -> Tea
     changes = {k: v for k, v in fields.items() if k in TEAM_FIELDS}
     if "active" in changes:
         changes["active"] = int(bool(changes["active"]))
+    if "rate_limit_per_second" in changes:
+        changes["rate_limit_per_second"] = _rate(changes["rate_limit_per_second"])
     if changes:
         assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
         updated = await store.run(
@@ -143,7 +144,7 @@ async def update_team(store: Store, team_id: str, fields: dict[str, Any]) -> Tea
             (*changes.values(), team_id),
         )
         if not updated:
-            raise NotFound(f"no team {team_id!r}", code="team_not_found")
+            raise NotFound("team", team_id)
     return await get_team(store, team_id)
 
 
@@ -152,13 +153,15 @@ async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
     if not await store.run(
         "UPDATE teams SET webhook_secret = ? WHERE id = ?", (new_webhook_secret(), team_id)
     ):
-        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+        raise NotFound("team", team_id)
     return await get_team(store, team_id)
 
 
 class TeamCache:
     """Teams by id for the request path, valid while no other process has written the database.
 
+    On PostgreSQL there is no such number to ask cheaply, so the team is read on every request
+    (a primary-key read): a change made through any replica applies from the next request.
     SQLite's data_version (asked on this process's writer, microseconds) moves whenever another
     connection commits: the CLI, another `serve` process. Then every entry is read again, so a
     team disabled, limited or re-keyed anywhere applies from the next request. This process's

@@ -53,5 +53,7 @@ async def month_report(store: Store, month: str) -> list[TeamMonth]:
 
 async def day_cost(store: Store, day: str) -> int:
     """What every team was charged on `day` ('2026-11-26'), from the counters."""
-    row = await store.fetchone("SELECT SUM(cost) AS cost FROM usage WHERE period = ?", (day,))
+    row = await store.fetchone(
+        "SELECT CAST(SUM(cost) AS BIGINT) AS cost FROM usage WHERE period = ?", (day,)
+    )
     return int(row["cost"] or 0) if row else 0
