@@ -98,10 +98,18 @@ class DatabaseUnavailable(GatewayError):
     status, code, title = 503, "database_busy", "The database is busy"
 
 
+class DatabaseUnreachable(GatewayError):
+    status, code, title = 503, "database_unavailable", "The database cannot be reached"
+
+
 def domain_error(error: BaseException) -> GatewayError | None:
     """The domain error an exception stands for (a store error becomes its HTTP meaning)."""
     if isinstance(error, GatewayError):
         return error
+    if isinstance(error, store_errors.DatabaseUnreachable):
+        return DatabaseUnreachable(
+            f"{error}; nothing was sent, retry shortly", headers={"Retry-After": "1"}
+        )
     if isinstance(error, store_errors.DatabaseUnavailable):
         # Raised only where nothing was sent: after the provider may have acted, the send
         # workflow answers 504 instead (see sending.py).

@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
+import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import jwt
 import pytest
 from aiohttp import web
@@ -25,7 +30,9 @@ from gateway.app import create_app
 from gateway.clock import Clock, utcnow
 from gateway.logs import AccessLogger
 from gateway.settings import Settings
+from gateway.store import is_postgres
 from gateway.store import messages as store_messages
+from gateway.store.postgres import postgres_sql
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 API_KEY = "prov-api-key-7f3a9c"
@@ -33,6 +40,114 @@ USERNAME = "acme-account"
 PASSWORD = "prov-password-s3cr3t-91"
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+# The PostgreSQL server the tests make their throwaway databases on (trust auth, as on CI).
+POSTGRES = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_databases` run on SQLite and on PostgreSQL (`database_kind`), those
+    marked `postgresql` on PostgreSQL only, the rest on SQLite."""
+    if "database_kind" in metafunc.fixturenames:
+        kinds = ["sqlite"]
+        if metafunc.definition.get_closest_marker("postgresql"):
+            kinds = ["postgresql"]
+        elif metafunc.definition.get_closest_marker("both_databases"):
+            kinds = ["sqlite", "postgresql"]
+        metafunc.parametrize("database_kind", kinds, ids=kinds if len(kinds) > 1 else None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server's URL. Without one the test skips, except under CI=true, where
+    it fails: CI runs every PostgreSQL test."""
+
+    async def check() -> None:
+        conn = await asyncpg.connect(POSTGRES, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(check())
+    except Exception as exc:
+        reason = f"no PostgreSQL at {POSTGRES} ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI must run the PostgreSQL tests")
+        pytest.skip(reason + "; set GATEWAY_TEST_POSTGRES to run these tests")
+    return POSTGRES
+
+
+def _in_thread(work: Callable[[], Awaitable[Any]]) -> Any:
+    """Run `work()` on its own event loop in another thread (from sync code or a test's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(work())).result()  # type: ignore[arg-type]
+
+
+def new_postgres_database(server: str) -> str:
+    """A new, empty database on the server; its URL."""
+    name = "gw_test_" + secrets.token_hex(6)
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    _in_thread(create)
+    return urlunsplit(urlsplit(server)._replace(path="/" + name))
+
+
+def drop_postgres_database(server: str, url: str) -> None:
+    """Drop a database made by new_postgres_database (its connections are ended first)."""
+    name = urlsplit(url).path.lstrip("/")
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    _in_thread(drop)
+
+
+@pytest.fixture
+def pg_database(postgres_server: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test, dropped after it."""
+    url = new_postgres_database(postgres_server)
+    yield url
+    drop_postgres_database(postgres_server, url)
+
+
+@pytest.fixture
+def database_kind() -> str:
+    """Which database a test's gateway uses (parametrized by `both_databases`)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path, database_kind: str) -> str:
+    """GATEWAY_DATABASE for this test: a SQLite file, or a throwaway PostgreSQL database."""
+    if database_kind == "postgresql":
+        return str(request.getfixturevalue("pg_database"))
+    return str(tmp_path / "gateway.db")
+
+
+def query(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of a read on either database, as tuples (from sync code or a test's loop)."""
+    if not is_postgres(database):
+        with sqlite3.connect(database) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    async def read() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(database)
+        try:
+            return [tuple(r) for r in await conn.fetch(postgres_sql(sql), *params)]
+        finally:
+            await conn.close()
+
+    rows: list[tuple[Any, ...]] = _in_thread(read)
+    return rows
 
 
 def pytest_asyncio_loop_factories(
@@ -345,10 +460,11 @@ async def provider() -> AsyncIterator[FakeProvider]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, provider: FakeProvider) -> Settings:
-    """Settings for a gateway in front of the fake provider, with a real SQLite file."""
+def settings(database: str, provider: FakeProvider) -> Settings:
+    """Settings for a gateway in front of the fake provider, with a real SQLite file (or a real
+    PostgreSQL database, for tests marked `both_databases`)."""
     return Settings(
-        database=str(tmp_path / "gateway.db"),
+        database=database,
         provider_url=provider.url,
         provider_api_key=API_KEY,
         provider_username=USERNAME,
@@ -362,8 +478,8 @@ def settings(tmp_path: Path, provider: FakeProvider) -> Settings:
 
 @pytest.fixture
 def make_client(
+    settings: Settings,  # first: its database outlives the clients (torn down in reverse)
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
-    settings: Settings,
 ) -> ClientFactory:
     """Start the gateway (create_app) with the settings, optionally changed."""
 
@@ -417,24 +533,24 @@ async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
 
 def ledger_mismatches(database: str) -> list[str]:
     """Where the usage counters differ from the sum of the messages' charges (empty = exact)."""
-    import sqlite3
-
-    with sqlite3.connect(database) as conn:
-        counters = {
-            (team, period): (messages, segments, cost)
-            for team, period, messages, segments, cost in conn.execute(
-                "SELECT team_id, period, messages, segments, cost FROM usage"
-            )
-            if (messages, segments, cost) != (0, 0, 0)
-        }
-        sums: dict[tuple[str, str], tuple[int, int, int]] = {}
-        for column in ("day", "month"):
-            for team, period, messages, segments, cost in conn.execute(
-                f"SELECT team_id, {column}, SUM(charged_segments > 0 OR cost > 0),"  # noqa: S608
-                " SUM(charged_segments), SUM(cost) FROM messages GROUP BY team_id, 2"
-            ):
-                if (messages, segments, cost) != (0, 0, 0):
-                    sums[(team, period)] = (messages, segments, cost)
+    counters = {
+        (team, period): (messages, segments, cost)
+        for team, period, messages, segments, cost in query(
+            database, "SELECT team_id, period, messages, segments, cost FROM usage"
+        )
+        if (messages, segments, cost) != (0, 0, 0)
+    }
+    sums: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for column in ("day", "month"):
+        for team, period, messages, segments, cost in query(
+            database,
+            f"SELECT team_id, {column},"  # noqa: S608
+            " CAST(SUM(CASE WHEN charged_segments > 0 OR cost > 0 THEN 1 ELSE 0 END) AS BIGINT),"
+            " CAST(SUM(charged_segments) AS BIGINT), CAST(SUM(cost) AS BIGINT)"
+            f" FROM messages GROUP BY team_id, {column}",
+        ):
+            if (messages, segments, cost) != (0, 0, 0):
+                sums[(team, period)] = (messages, segments, cost)
     return [
         f"{key}: counters {counters.get(key)} != messages {sums.get(key)}"
         for key in sorted(set(counters) | set(sums))

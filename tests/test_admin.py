@@ -10,6 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from .conftest import ClientFactory, auth, create_team, mint, problem
 
+pytestmark = pytest.mark.both_databases  # every test here runs on SQLite and PostgreSQL
+
 Client = TestClient[web.Request, web.Application]
 ADMIN = auth(mint("root", "admin"))
 

@@ -403,3 +403,32 @@ def test_commands_refuse_a_database_that_does_not_exist(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no database at" in result.stderr and "serve" in result.stderr
     assert not missing.exists()  # nothing was created
+
+
+def test_the_cli_works_against_postgresql(tmp_path: Path, pg_database: str) -> None:
+    env = env_for(tmp_path, GATEWAY_DATABASE=pg_database)
+    created = json.loads(
+        run(tmp_path, "team", "create", "payments", "--daily-limit", "5", env=env).stdout
+    )
+    assert created["id"] == "payments" and created["webhook_secret"].startswith("whsec_")
+    assert "payments" in run(tmp_path, "team", "list", env=env).stdout
+    token = run(tmp_path, "token", "issue", "--team", "payments", env=env).stdout.strip()
+    assert jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="sms-gateway")["sub"]
+    updated = run(tmp_path, "team", "update", "payments", "--monthly-limit", "9", env=env)
+    assert json.loads(updated.stdout)["monthly_limit"] == 9
+    assert "payments" in run(tmp_path, "usage", env=env).stdout
+    again = run(tmp_path, "team", "create", "payments", env=env, ok=False)
+    assert again.returncode != 0 and again.stderr.count("\n") == 1, again.stderr
+    assert "already exists" in again.stderr
+    missing = run(tmp_path, "team", "disable", "nobody", env=env, ok=False)
+    assert missing.returncode != 0 and "no team 'nobody'" in missing.stderr
+    copy = run(tmp_path, "backup", str(tmp_path / "copy"), env=env, ok=False)
+    assert copy.returncode != 0 and "pg_dump" in copy.stderr and copy.stderr.count("\n") == 1
+    assert not (tmp_path / "copy").exists()
+
+
+def test_an_unreachable_postgresql_is_one_line_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql://gateway:hunter2-secret@127.0.0.1:{free_port()}/gateway"
+    result = run(tmp_path, "team", "list", env=env_for(tmp_path, GATEWAY_DATABASE=url), ok=False)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot open database" in result.stderr and "hunter2-secret" not in result.stderr

@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from .conftest import ClientFactory, FakeProvider, create_team, mint
 
+pytestmark = pytest.mark.both_databases  # every test here runs on SQLite and PostgreSQL
+
 Client = TestClient[web.Request, web.Application]
 
 

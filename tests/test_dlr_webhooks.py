@@ -25,6 +25,8 @@ from .conftest import (
     problem,
 )
 
+pytestmark = pytest.mark.both_databases  # every test here runs on SQLite and PostgreSQL
+
 Client = TestClient[web.Request, web.Application]
 SEND = auth(mint("payments"))
 ADMIN = auth(mint("root", "admin"))

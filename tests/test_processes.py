@@ -1,5 +1,6 @@
-"""Several `sms-gateway serve` processes on one SQLite file (a deploy overlap, a second start
-by mistake): leases keep each one's sends its own, and shared work is done once."""
+"""Several `sms-gateway serve` processes on one database: on a SQLite file (a deploy overlap, a
+second start by mistake) and as replicas on one PostgreSQL database. Leases keep each one's
+sends its own, and shared work is done once."""
 
 from __future__ import annotations
 
@@ -13,24 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from .conftest import (
+    POSTGRES,
     FakeProvider,
     Receiver,
+    drop_postgres_database,
     free_port,
     gateway_process,
     ledger_mismatches,
     mint,
+    new_postgres_database,
+    query,
     serve_env,
 )
+
+both = pytest.mark.both_databases
 
 ADMIN = {"Authorization": f"Bearer {mint('root', 'admin')}"}
 SEND = {"Authorization": f"Bearer {mint('payments')}"}
 
 
 def rows(database: str, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(database) as conn:
-        return conn.execute(sql).fetchall()
+    return query(database, sql)
 
 
 async def make_team(http: aiohttp.ClientSession, base: str, **fields: Any) -> None:
@@ -40,10 +47,10 @@ async def make_team(http: aiohttp.ClientSession, base: str, **fields: Any) -> No
         assert resp.status == 201, await resp.text()
 
 
+@both
 async def test_a_second_process_leaves_a_live_send_alone(
-    tmp_path: Path, provider: FakeProvider
+    database: str, database_kind: str, tmp_path: Path, provider: FakeProvider
 ) -> None:
-    database = str(tmp_path / "gateway.db")
     first, second = free_port(), free_port()
     provider.delay = 2.0  # the send is in flight while the second process starts
     async with aiohttp.ClientSession() as http:
@@ -69,10 +76,10 @@ async def test_a_second_process_leaves_a_live_send_alone(
     assert rows(database, "SELECT messages, cost FROM usage") == [(1, 75), (1, 75)]
 
 
+@both
 async def test_a_killed_process_is_swept_by_a_running_one(
-    tmp_path: Path, provider: FakeProvider
+    database: str, database_kind: str, tmp_path: Path, provider: FakeProvider
 ) -> None:
-    database = str(tmp_path / "gateway.db")
     first, second = free_port(), free_port()
     provider.delay = 30.0  # the first process dies before the provider answers
     env = {"lease_seconds": "3"}
@@ -106,10 +113,10 @@ async def test_a_killed_process_is_swept_by_a_running_one(
     assert ledger_mismatches(database) == []
 
 
+@both
 async def test_two_processes_deliver_each_webhook_once(
-    tmp_path: Path, provider: FakeProvider, receiver: Receiver
+    database: str, database_kind: str, tmp_path: Path, provider: FakeProvider, receiver: Receiver
 ) -> None:
-    database = str(tmp_path / "gateway.db")
     first, second = free_port(), free_port()
     env = {"webhook_retry_schedule": "0,6,1,1"}  # retries due after both workers looked
     receiver.failures = 100  # every first attempt fails, so all retries fall due together
@@ -136,10 +143,10 @@ async def test_two_processes_deliver_each_webhook_once(
     ]
 
 
+@both
 async def test_a_team_changed_through_one_process_is_seen_by_the_other(
-    tmp_path: Path, provider: FakeProvider
+    database: str, database_kind: str, tmp_path: Path, provider: FakeProvider
 ) -> None:
-    database = str(tmp_path / "gateway.db")
     first, second = free_port(), free_port()
     body = {"to": "0788000001", "text": "hi"}
     async with aiohttp.ClientSession() as http:
@@ -172,27 +179,38 @@ async def test_a_team_changed_through_one_process_is_seen_by_the_other(
     assert len(provider.calls) == 1
 
 
+@both
 async def test_processes_starting_together_on_a_new_database(
-    tmp_path: Path, provider: FakeProvider
+    database_kind: str, tmp_path: Path, provider: FakeProvider
 ) -> None:
     for attempt in range(3):
-        database = str(tmp_path / f"new-{attempt}.db")
+        if database_kind == "postgresql":
+            database = new_postgres_database(POSTGRES)
+            version = "SELECT version FROM schema_version"
+        else:
+            database = str(tmp_path / f"new-{attempt}.db")
+            version = "PRAGMA user_version"
         ports = [free_port() for _ in range(3)]
-        async with aiohttp.ClientSession() as http:
-            starts = [
-                gateway_process(serve_env(database, port, provider.url), port) for port in ports
-            ]
-            procs = await asyncio.gather(*(s.__aenter__() for s in starts))
-            try:
-                assert all(p.returncode is None for p in procs)
-                await make_team(http, f"http://127.0.0.1:{ports[0]}")
-                for port in ports:
-                    async with http.get(f"http://127.0.0.1:{port}/usage", headers=SEND) as resp:
-                        assert resp.status == 200
-            finally:
-                for s in starts:
-                    await s.__aexit__(None, None, None)
-        assert rows(database, "PRAGMA user_version") == [(7,)]
+        try:
+            async with aiohttp.ClientSession() as http:
+                starts = [
+                    gateway_process(serve_env(database, port, provider.url), port) for port in ports
+                ]
+                procs = await asyncio.gather(*(s.__aenter__() for s in starts))
+                try:
+                    assert all(p.returncode is None for p in procs)
+                    await make_team(http, f"http://127.0.0.1:{ports[0]}")
+                    for port in ports:
+                        url = f"http://127.0.0.1:{port}/usage"
+                        async with http.get(url, headers=SEND) as resp:
+                            assert resp.status == 200
+                finally:
+                    for s in starts:
+                        await s.__aexit__(None, None, None)
+            assert rows(database, version) == [(7,)]
+        finally:
+            if database_kind == "postgresql":
+                drop_postgres_database(POSTGRES, database)
 
 
 async def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path: Path) -> None:

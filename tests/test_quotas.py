@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -24,7 +25,10 @@ from .conftest import (
     ledger_mismatches,
     mint,
     problem,
+    query,
 )
+
+pytestmark = pytest.mark.both_databases  # every test here runs on SQLite and PostgreSQL
 
 Client = TestClient[web.Request, web.Application]
 SEND = auth(mint("payments"))
@@ -349,8 +353,6 @@ async def test_bad_idempotency_keys(client: Client) -> None:
 async def test_expired_keys_are_purged_at_start(
     make_client: ClientFactory, provider: FakeProvider, settings: Settings
 ) -> None:
-    import sqlite3
-
     clock = FixedClock(datetime(2026, 11, 10, 9, 0, tzinfo=UTC))
     client = await make_client(clock=clock)
     await create_team(client, "payments")
@@ -362,8 +364,7 @@ async def test_expired_keys_are_purged_at_start(
         )
 
     def keys() -> int:
-        with sqlite3.connect(settings.database) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM idempotency").fetchone()[0])
+        return int(query(settings.database, "SELECT COUNT(*) FROM idempotency")[0][0])
 
     assert keys() == 2
     await make_client(clock=FixedClock(clock.at + timedelta(hours=25)))  # a later start

@@ -1,0 +1,200 @@
+"""The store's own behaviour on both databases: the same functions, the same answers.
+
+Where it matters (PostgreSQL), two stores on one database stand for two replicas: each has its
+own connections, so their transactions really run at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway import quota
+from gateway.store import Store, make_store, outbox, teams
+from gateway.store import messages as store_messages
+from gateway.store.db import Tx
+from gateway.store.errors import Duplicate, NotFound, SchemaTooNew
+
+from .conftest import plain_batch, query
+
+pytestmark = pytest.mark.both_databases
+
+AT = "2026-11-26T09:00:00.000Z"
+
+
+@contextlib.asynccontextmanager
+async def opened(database: str) -> AsyncIterator[Store]:
+    store = make_store(database)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def store(database: str) -> AsyncIterator[Store]:
+    async with opened(database) as s:
+        await s.run(
+            "INSERT INTO teams (id, name, webhook_secret, created_at, daily_limit)"
+            " VALUES ('payments', 'Payments', 'whsec_x', ?, 40)",
+            (AT,),
+        )
+        yield s
+
+
+async def put(tx: Tx, key: str, fail: bool) -> str:
+    await tx.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+    if fail:
+        raise ValueError(f"refused {key}")
+    return key
+
+
+async def test_a_failing_write_changes_nothing_and_the_others_go_in(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.write(put, f"k{n}", n % 3 == 0) for n in range(30)), return_exceptions=True
+    )
+    assert [isinstance(r, ValueError) for r in results] == [n % 3 == 0 for n in range(30)]
+    rows = await store.fetchall("SELECT key FROM meta WHERE key LIKE 'k%' ORDER BY key")
+    assert sorted(r["key"] for r in rows) == sorted(f"k{n}" for n in range(30) if n % 3)
+
+
+async def test_stores_opened_together_on_a_new_database_migrate_it_once(database: str) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        stores = await asyncio.gather(
+            *(stack.enter_async_context(opened(database)) for _ in range(4))
+        )
+        keys = await asyncio.gather(*(s.secret("shared_key") for s in stores))
+        assert len(set(keys)) == 1  # one key for every process
+
+
+async def test_a_database_newer_than_the_code_is_refused_and_left_alone(database: str) -> None:
+    async with opened(database):
+        pass
+    if database.startswith("postgresql"):
+        bump, version = (
+            "UPDATE schema_version SET version = 99",
+            "SELECT version FROM schema_version",
+        )
+    else:
+        bump, version = "PRAGMA user_version = 99", "PRAGMA user_version"
+    query(database, bump)
+    with pytest.raises(SchemaTooNew, match="newer than this gateway"):
+        async with opened(database):
+            pass
+    assert query(database, version) == [(99,)]
+
+
+async def test_teams_raise_the_stores_own_errors(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    with pytest.raises(Duplicate):
+        await teams.create_team(store, "payments", {}, datetime.now(UTC))
+    with pytest.raises(NotFound):
+        await teams.update_team(store, "nobody", {"active": False})
+    with pytest.raises(NotFound):
+        await teams.rotate_webhook_secret(store, "nobody")
+    updated = await teams.update_team(store, "payments", {"rate_limit_per_second": 2})
+    assert updated.rate_limit_per_second == 2.0
+
+
+async def test_reservations_through_two_stores_never_pass_the_limit(
+    store: Store, database: str
+) -> None:
+    async with opened(database) as other:
+        batches = [
+            plain_batch(
+                f"bat_{n:04d}",
+                AT,
+                [store_messages.NewMessage(f"msg_{n:04d}", "250788000001", 1, 75)],
+            )
+            for n in range(120)
+        ]
+        results = await asyncio.gather(
+            *(
+                store_messages.reserve((store, other)[n % 2], "prc_test", batch)
+                for n, batch in enumerate(batches)
+            )
+        )
+    refused = [r for r in results if isinstance(r, quota.Refusal)]
+    assert len(refused) == 80 and results.count(None) == 40
+    assert query(database, "SELECT segments FROM usage WHERE period = '2026-11-26'") == [(40,)]
+    assert query(database, "SELECT COUNT(*) FROM messages") == [(40,)]
+
+
+async def test_one_key_claimed_through_two_stores_is_reserved_once(
+    store: Store, database: str
+) -> None:
+    claim = store_messages.IdempotencyClaim("otp-1", "hash", "2026-11-25T09:00:00.000Z")
+    async with opened(database) as other:
+        results = await asyncio.gather(
+            *(
+                store_messages.reserve(
+                    (store, other)[n % 2],
+                    "prc_test",
+                    plain_batch(
+                        f"bat_{n}",
+                        AT,
+                        [store_messages.NewMessage(f"msg_{n}", "250788000001", 1, 75)],
+                    ),
+                    claim,
+                )
+                for n in range(10)
+            )
+        )
+    assert results.count(None) == 1
+    assert all(isinstance(r, store_messages.PriorAnswer) and r.in_flight for r in results if r)
+    assert query(database, "SELECT COUNT(*) FROM messages") == [(1,)]
+
+
+async def test_a_report_racing_its_settlement_is_applied_once(store: Store, database: str) -> None:
+    """The report arrives (through one store) while the send settles (through the other):
+    whichever goes first, the message ends delivered, with one webhook."""
+    await store.run("UPDATE teams SET callback_url = 'http://127.0.0.1:9/hooks'")
+    async with opened(database) as other:
+        for n in range(20):
+            message = store_messages.NewMessage(f"msg_{n:03d}", "250788000001", 1, 75)
+            batch = plain_batch(f"bat_{n:03d}", AT, [message])
+            assert await store_messages.reserve(store, "prc_test", batch) is None
+            sent = store_messages.Outcome(message.id, "sent", AT, 1, 75, f"p{n}")
+            report = outbox.Report(batch.batch_id, f"p{n}", "250788000001", "D")
+            _, received = await asyncio.gather(
+                store_messages.settle(store, "prc_test", batch, [sent]),
+                outbox.receive_report(other, report, AT, 0.0),
+            )
+            assert received in ("applied", "pending")
+    assert query(database, "SELECT status, COUNT(*) FROM messages GROUP BY 1") == [
+        ("delivered", 20)
+    ]
+    assert query(database, "SELECT COUNT(*) FROM webhooks") == [(20,)]
+    assert query(database, "SELECT COUNT(*) FROM dlr_reports WHERE outcome IS NULL") == [(0,)]
+
+
+async def test_webhooks_claimed_through_two_stores_are_claimed_once(
+    store: Store, database: str
+) -> None:
+    from datetime import UTC, datetime
+
+    message = store_messages.NewMessage("msg_1", "250788000001", 1, 75)
+    batch = plain_batch("bat_1", AT, [message])
+    assert await store_messages.reserve(store, "prc_test", batch) is None
+    for n in range(60):
+        await store.run(
+            "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+            " next_attempt_at, created_at) VALUES (?, 'msg_1', 'payments', 'message.failed',"
+            " 'http://127.0.0.1:9/', '{}', 'pending', ?, ?)",
+            (f"whk_{n:03d}", AT, AT),
+        )
+    now = datetime(2026, 11, 26, 10, tzinfo=UTC)
+    async with opened(database) as other:
+        claims = await asyncio.gather(
+            *(
+                outbox.claim_due_webhooks((store, other)[n % 2], f"prc_{n % 2}", now, 7, 30)
+                for n in range(20)
+            )
+        )
+    claimed = [hook.id for batch_ in claims for hook in batch_]
+    assert sorted(claimed) == [f"whk_{n:03d}" for n in range(60)]  # each once, none left
+    assert all(hook.secret == "whsec_x" for batch_ in claims for hook in batch_)
