@@ -6,6 +6,11 @@ Drives each with the same load generator (N concurrent clients, one recipient pe
 fixed duration) in alternating rounds, so machine noise hits all three alike, and prints sends/s,
 p50, p99, the gateways' peak RSS and the ratios. Then it measures a `GET /messages` page and one
 1,000-recipient send on the preloaded gateway.
+
+With a PostgreSQL server (`--postgres`, on by default at 127.0.0.1:5432), the same run also
+drives a gateway on a throwaway PostgreSQL database in the same alternating rounds (one replica),
+then two replicas on that database sharing the load, then preloads it with as many messages as
+the SQLite one and measures the `GET /messages` page there too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import jwt
 
 from gateway.loop import install_fast_loop
@@ -265,6 +271,97 @@ BENCH_TEAM = [
 ]
 
 
+PG_PRELOAD = """
+INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference, callback_url,
+    status, segments, encoding, charged_segments, cost, provider_message_id, day, month,
+    created_at, events)
+SELECT 'msg_00' || lpad(n::text, 24, '0'), 'bat_00' || lpad(n::text, 24, '0'), $1,
+    '250788' || lpad((n % 1000000)::text, 6, '0'), 'Your code is 1234', NULL,
+    'ref-' || (n % 5000), NULL,
+    (ARRAY['delivered', 'delivered', 'delivered', 'sent', 'failed', 'undelivered'])[n % 6 + 1],
+    1, 'gsm7', 1, 75, (100000000 + n)::text, '2026-01-15', '2026-01', '2026-01-15T00:00:00.000Z',
+    '[{"status":"sending","at":"2026-01-15T00:00:00.000Z"}]'
+FROM generate_series(1, $2) AS n
+"""
+
+
+async def pg_preload(database: str, count: int) -> float:
+    """Insert `count` messages older than any real one (ids sort first) into PostgreSQL, with
+    their usage counters, then ANALYZE; seconds."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(database)
+    try:
+        for start in range(0, count, 250_000):
+            chunk = min(250_000, count - start)
+            await conn.execute(
+                PG_PRELOAD.replace(
+                    "generate_series(1, $2)", f"generate_series({start + 1}, {start} + $2)"
+                ),
+                TEAM,
+                chunk,
+            )
+            print(
+                f"  preloaded {start + chunk:>9,} / {count:,} messages (PostgreSQL)",
+                file=sys.stderr,
+                flush=True,
+            )
+        for period in ("2026-01-15", "2026-01"):
+            await conn.execute(
+                "INSERT INTO usage (team_id, period, messages, segments, cost)"
+                " VALUES ($1, $2, $3, $3, $4)",
+                TEAM,
+                period,
+                count,
+                75 * count,
+            )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+@contextlib.asynccontextmanager
+async def pg_database(server: str) -> AsyncIterator[str]:
+    """A throwaway database on the PostgreSQL server, dropped afterwards; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"sms_bench_{os.getpid()}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(server)._replace(path="/" + name))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def shared_load(
+    name: str, ports: tuple[int, ...], headers: dict[str, str], concurrency: int, duration: float
+) -> Result:
+    """The load split evenly across replicas, run at once; one combined result."""
+    parts = await asyncio.gather(
+        *(
+            load(
+                name,
+                f"http://127.0.0.1:{port}/messages",
+                one_recipient,
+                headers,
+                concurrency // len(ports),
+                duration,
+            )
+            for port in ports
+        )
+    )
+    return Result(
+        name,
+        sum(p.requests for p in parts),
+        sum(p.errors for p in parts),
+        max(p.seconds for p in parts),
+        [latency for p in parts for latency in p.latencies],
+    )
+
+
 def gateway_env(
     directory: Path, provider_url: str, port: int, log_level: str | None = None
 ) -> dict[str, str]:
@@ -336,6 +433,25 @@ def subprocess_run(args: list[str], env: dict[str, str]) -> int:
 async def main_async(options: argparse.Namespace) -> int:
     """Run everything and print the report; 0 when every target is met (or --smoke)."""
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    pg_ports = free_port(), free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        pg_url = None
+        if options.postgres != "off":
+            try:
+                pg_url = await stack.enter_async_context(pg_database(options.postgres))
+            except (OSError, asyncpg.PostgresError) as exc:
+                print(f"PostgreSQL runs skipped: no server at {options.postgres} ({exc})")
+        return await _measure(options, loop_name, pg_url, pg_ports, stack)
+    return 0  # (unreachable: the stack returns above)
+
+
+async def _measure(
+    options: argparse.Namespace,
+    loop_name: str,
+    pg_url: str | None,
+    pg_ports: tuple[int, int],
+    stack: contextlib.AsyncExitStack,
+) -> int:
     provider_port, forwarder_port = free_port(), free_port()
     empty_port, full_port = free_port(), free_port()
     provider_url = f"http://127.0.0.1:{provider_port}/api/v2/sms/send"
@@ -361,6 +477,13 @@ async def main_async(options: argparse.Namespace) -> int:
             await store.open()
             await store.close()
             assert subprocess_run(BENCH_TEAM, env) == 0, "could not create the bench team"
+        pg_envs = []
+        if pg_url is not None:
+            for port in pg_ports:
+                env = gateway_env(Path(tmp), provider_url, port, level)
+                env["GATEWAY_DATABASE"] = pg_url
+                pg_envs.append(env)
+            assert subprocess_run(BENCH_TEAM, pg_envs[0]) == 0, "could not create the team (pg)"
         print(f"preloading {options.preload:,} messages ...", file=sys.stderr, flush=True)
         preload_seconds = preload(full_env["GATEWAY_DATABASE"], options.preload)
         async with (
@@ -377,14 +500,38 @@ async def main_async(options: argparse.Namespace) -> int:
             process(["-m", "gateway", "serve"], empty_port, empty_env) as empty_gateway,
             process(["-m", "gateway", "serve"], full_port, full_env) as full_gateway,
         ):
-            results = await alternate(
-                options.rounds,
-                {
-                    "forwarder": sends("bare forwarder", forwarder_port, {}),
-                    "empty": sends(empty_label, empty_port, headers),
-                    "full": sends(full_label, full_port, headers),
-                },
-            )
+            runs = {
+                "forwarder": sends("bare forwarder", forwarder_port, {}),
+                "empty": sends(empty_label, empty_port, headers),
+                "full": sends(full_label, full_port, headers),
+            }
+            pg_procs = [
+                await stack.enter_async_context(process(["-m", "gateway", "serve"], port, env))
+                for port, env in zip(pg_ports, pg_envs, strict=False)
+            ]
+            if pg_procs:
+                runs["pg1"] = sends("PostgreSQL, 1 replica", pg_ports[0], headers)
+            results = await alternate(options.rounds, runs)
+            pg_two: list[Result] = []
+            pg_page: Result | None = None
+            if pg_procs:
+                for _ in range(3):
+                    pg_two.append(
+                        await shared_load("PostgreSQL, 2 replicas", pg_ports, headers, n, seconds)
+                    )
+                assert pg_url is not None
+                pg_preload_seconds = await pg_preload(pg_url, options.preload)
+                print(f"PostgreSQL preload took {pg_preload_seconds:.0f} s", file=sys.stderr)
+                pg_page = await load(
+                    f"PostgreSQL GET /messages page ({options.preload:,} stored)",
+                    f"http://127.0.0.1:{pg_ports[0]}/messages?limit=50&status=delivered",
+                    lambda i: {},
+                    headers,
+                    4,
+                    min(seconds, 5),
+                    method="GET",
+                    expect=200,
+                )
             page = await load(
                 "GET /messages page (limit=50, 4 clients)",
                 f"http://127.0.0.1:{full_port}/messages?limit=50&status=delivered",
@@ -410,6 +557,27 @@ async def main_async(options: argparse.Namespace) -> int:
     )
     for result in (forwarder, empty, full, page):
         print(result.line())
+    pg_targets = []
+    if "pg1" in results and pg_page is not None:
+        pg1, two = median_round(results["pg1"]), median_round(pg_two)
+        for result in (pg1, two, pg_page):
+            print(result.line())
+        pg_ratios = paired(results["pg1"], results["empty"], lambda r: r.rate)
+        pg_p99 = paired(results["pg1"], results["empty"], lambda r: r.pct(0.99))
+        shown = " ".join(f"{v:.2f}" for v in pg_ratios)
+        print(f"PostgreSQL / SQLite sends/s, round by round: {shown}")
+        pg_ratio, pg_p99_ratio = statistics.median(pg_ratios), statistics.median(pg_p99)
+        pg_errors = sum(r.errors for r in (*results["pg1"], *pg_two, pg_page))
+        pg_targets = [
+            ("PostgreSQL >= 0.5 x SQLite sends/s", pg_ratio >= 0.5, f"{pg_ratio:.2f}"),
+            ("PostgreSQL p99 <= 3 x SQLite's", pg_p99_ratio <= 3.0, f"{pg_p99_ratio:.2f}"),
+            ("PostgreSQL 0 errors", pg_errors == 0, str(pg_errors)),
+            (
+                "PostgreSQL GET /messages p99 <= 20 ms",
+                pg_page.pct(0.99) <= 20,
+                f"{pg_page.pct(0.99):.1f} ms",
+            ),
+        ]
     print(f"preload of {options.preload:,} messages took {preload_seconds:.0f} s")
     print(
         f"1,000-recipient send (10 provider calls): median {statistics.median(big) * 1000:.0f}"
@@ -429,6 +597,7 @@ async def main_async(options: argparse.Namespace) -> int:
         ("GET /messages p99 <= 20 ms", page.pct(0.99) <= 20, f"{page.pct(0.99):.1f} ms"),
         ("1,000 recipients <= 0.5 s", max(big) <= 0.5, f"{max(big) * 1000:.0f} ms"),
         ("peak RSS <= 150 MB", rss <= 150, f"{rss:.0f} MB"),
+        *pg_targets,
     ]
     print("targets:")
     for name, met, figure in targets:
@@ -461,6 +630,13 @@ def main() -> None:
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="the gateways' GATEWAY_LOG_LEVEL (default: unset, so the gateway's default, INFO)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "GATEWAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="PostgreSQL server for the replica runs (a throwaway database); 'off' skips them",
     )
     parser.add_argument(
         "--smoke",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def test_harness_smoke_run() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    if os.environ.get("CI") == "true":  # CI has PostgreSQL: the replica runs must be there
+        for line in ("PostgreSQL, 1 replica", "PostgreSQL, 2 replicas", "PostgreSQL GET /messages"):
+            assert line in out, out
     for line in (
         "bare forwarder",
         "gateway (empty database)",

@@ -225,77 +225,47 @@ async def test_a_replica_killed_mid_load_loses_nothing_acknowledged(
     assert ledger_mismatches(database) == []
 
 
-class Forwarder:
-    """A TCP hop between the gateway and PostgreSQL that the test can cut and restore."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        """Refuse new connections and break every open one."""
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in list(self._links):
-            writer.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-            self._links.discard(dst)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+def refuse_connections(database: str, refuse: bool) -> None:
+    """Make the database refuse every connection and end the open ones (PostgreSQL is gone for
+    the gateway), or accept them again."""
+    name = urlsplit(database).path.lstrip("/")
+    query(
+        database.rsplit("/", 1)[0] + "/postgres",
+        f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(not refuse).lower()}',
+    )
+    if refuse:
+        query(
+            database.rsplit("/", 1)[0] + "/postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ?",
+            name,
+        )
 
 
 @pytest.mark.postgresql
 async def test_a_lost_database_is_503_having_sent_nothing_then_retried(
     database: str, make_client: Any, provider: FakeProvider
 ) -> None:
-    parts = urlsplit(database)
-    hop = Forwarder((parts.hostname or "127.0.0.1", parts.port or 5432))
-    await hop.start()
-    via_hop = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{hop.port}"))
-    client = await make_client(database=via_hop)
-    try:
-        await _lose_and_regain(client, hop, provider)
-    finally:
-        await client.close()  # the gateway's pool first, then the hop under it
-        await hop.cut()
-    assert ledger_mismatches(database) == []
-
-
-async def _lose_and_regain(client: Any, hop: Forwarder, provider: FakeProvider) -> None:
+    client = await make_client()
     async with client.post("/admin/teams", json={"id": "payments"}, headers=ADMIN) as resp:
         assert resp.status == 201
     body = {"to": "0788000001", "text": "hi"}
     async with client.post("/messages", json=body, headers=sender("payments")) as resp:
         assert resp.status == 201
-    await hop.cut()
-    async with client.get("/readyz") as resp:
-        assert resp.status == 503
-    async with client.post("/messages", json=body, headers=sender("payments")) as resp:
-        problem = await resp.json()
-        assert resp.status == 503 and problem["code"] == "database_unavailable", problem
-        assert resp.headers["Retry-After"] == "1"
-    assert len(provider.calls) == 1  # nothing was sent
-    await hop.start()  # PostgreSQL is back: the pool connects again
+    refuse_connections(database, True)
+    try:
+        async with client.get("/readyz") as resp:
+            assert resp.status == 503
+        async with client.post("/messages", json=body, headers=sender("payments")) as resp:
+            problem = await resp.json()
+            assert resp.status == 503 and problem["code"] == "database_unavailable", problem
+            assert resp.headers["Retry-After"] == "1"
+        assert len(provider.calls) == 1  # nothing was sent
+    finally:
+        refuse_connections(database, False)  # PostgreSQL is back: the pool connects again
     async with client.get("/readyz") as resp:
         assert resp.status == 200
     async with client.post("/messages", json=body, headers=sender("payments")) as resp:
         assert resp.status == 201
     assert len(provider.calls) == 2
+    await client.close()
+    assert ledger_mismatches(database) == []

@@ -64,7 +64,7 @@ AnswerFor = Callable[[str | None, list[dict[str, Any]]], KeyAnswer]
 # Rows without an owner were left by a gateway older than leases.
 _INTERRUPT = Sql(
     *(
-        "UPDATE messages SET status = 'unknown', owner = NULL, error_code = 'interrupted',"
+        "UPDATE messages SET status = 'unknown', owner = NULL, error_code = 'interrupted',"  # noqa: S608 - fixed SQL fragments only
         " error_detail = 'the gateway process sending it stopped before the provider''s"
         f" answer was stored', events = {append}"
         " WHERE status = 'sending' AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))"

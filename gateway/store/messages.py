@@ -280,7 +280,7 @@ def _settle_statement(condition: str) -> Sql:
     event = append_event("?1", "?7")
     return Sql(
         *(
-            "UPDATE messages SET status = ?1, charged_segments = ?2, cost = ?3,"
+            "UPDATE messages SET status = ?1, charged_segments = ?2, cost = ?3,"  # noqa: S608 - fixed SQL fragments only
             " provider_message_id = ?4, error_code = ?5, error_detail = ?6, owner = NULL,"
             " sent_at = CASE WHEN ?1 = 'sent' THEN ?7 ELSE sent_at END,"
             " completed_at = CASE WHEN ?1 = 'failed' THEN ?7 ELSE completed_at END,"

@@ -76,7 +76,7 @@ async def enqueue_webhook(
 
 _FINISH = Sql(
     *(
-        "UPDATE messages SET status = ?1, completed_at = ?2, owner = NULL,"
+        "UPDATE messages SET status = ?1, completed_at = ?2, owner = NULL,"  # noqa: S608 - fixed SQL fragments only
         f" events = {append} WHERE id = ?3 AND status IN ('sent', 'unknown') RETURNING *"
         for append in append_event("?1", "?2")
     )
@@ -195,7 +195,7 @@ class DueWebhook:
 # Replicas claim different rows at once: PostgreSQL skips the rows another claim has locked.
 _CLAIM = Sql(
     *(
-        "UPDATE webhooks SET claimed_by = ?1, claim_until = ?2 WHERE id IN ("
+        "UPDATE webhooks SET claimed_by = ?1, claim_until = ?2 WHERE id IN ("  # noqa: S608 - fixed SQL fragments only
         " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?3"
         f" AND (claim_until IS NULL OR claim_until < ?3) ORDER BY next_attempt_at LIMIT ?4{lock})"
         " RETURNING id, url, payload, attempts, kind, next_attempt_at,"
@@ -265,7 +265,7 @@ async def record_attempt(
 
 _RECORD = Sql(
     *(
-        "UPDATE webhooks SET attempts = attempts + 1, status = ?1, next_attempt_at = ?2,"
+        "UPDATE webhooks SET attempts = attempts + 1, status = ?1, next_attempt_at = ?2,"  # noqa: S608 - fixed SQL fragments only
         " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
         " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
         # a delivered DLR needs its client's password no more

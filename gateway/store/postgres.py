@@ -43,7 +43,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+# Failing to connect at all: also the server refusing this database (it is being dropped or
+# does not accept connections now).
+UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class _NoConnection(Exception):
+    """No connection could be had from the pool; nothing was sent on one."""
+
+
+RETRYABLE: tuple[type[BaseException], ...] = (_NoConnection, *CONNECTION_ERRORS)
+
 
 _MARK = re.compile(r"\?(\d*)")
 _translated: dict[str, str] = {}
@@ -136,13 +147,20 @@ class PostgresStore(Store):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection. Failing to get one (the server down, restarting, refusing the
+        database) raises _NoConnection: nothing was sent, so the caller may retry."""
         if self._pool is None:
             raise StoreClosed("the database is closed")
         try:
-            async with self._pool.acquire(timeout=10) as conn:
-                yield conn
-        except TimeoutError:  # every pooled connection stayed busy
+            conn = await self._pool.acquire(timeout=10)
+        except TimeoutError:  # every pooled connection stayed busy, or connecting hung
             raise DatabaseBusy(10) from None
+        except UNREACHABLE as exc:
+            raise _NoConnection(str(exc) or type(exc).__name__) from None
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
 
     async def write(self, fn: Write[T], *args: Any) -> T:
         """Run `await fn(tx, *args)` in one transaction. A connection lost before COMMIT was
@@ -173,7 +191,7 @@ class PostgresStore(Store):
                 if conflicts > CONFLICT_RETRIES:
                     raise DatabaseBusy(self.retry_for) from None
                 await asyncio.sleep(random.uniform(0, 0.01 * conflicts))
-            except CONNECTION_ERRORS as exc:
+            except RETRYABLE as exc:
                 if committing:
                     raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
                 if loop.time() + delay > give_up:
@@ -191,7 +209,7 @@ class PostgresStore(Store):
             try:
                 async with self._connection() as conn:
                     return list(await conn.fetch(text, *args))
-            except CONNECTION_ERRORS as exc:
+            except RETRYABLE as exc:
                 if loop.time() + delay > give_up:
                     raise DatabaseUnreachable(str(exc) or type(exc).__name__) from None
                 await asyncio.sleep(delay)
