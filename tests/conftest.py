@@ -111,12 +111,26 @@ def drop_postgres_database(server: str, url: str) -> None:
     _in_thread(drop)
 
 
+_finished: list[str] = []  # databases of tests that ended, dropped when the next one starts
+
+
 @pytest.fixture
 def pg_database(postgres_server: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database for one test, dropped after it."""
+    """A throwaway PostgreSQL database for one test. It is dropped when the next test makes
+    its own (or at the end of the run): by then the test's gateways have stopped, since the
+    aiohttp client fixture closes them after this fixture's own teardown."""
+    while _finished:
+        drop_postgres_database(postgres_server, _finished.pop())
     url = new_postgres_database(postgres_server)
     yield url
-    drop_postgres_database(postgres_server, url)
+    _finished.append(url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_finished_databases() -> Iterator[None]:
+    yield
+    while _finished:
+        drop_postgres_database(POSTGRES, _finished.pop())
 
 
 @pytest.fixture
@@ -478,8 +492,8 @@ def settings(database: str, provider: FakeProvider) -> Settings:
 
 @pytest.fixture
 def make_client(
-    settings: Settings,  # first: its database outlives the clients (torn down in reverse)
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    settings: Settings,
 ) -> ClientFactory:
     """Start the gateway (create_app) with the settings, optionally changed."""
 
