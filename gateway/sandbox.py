@@ -8,6 +8,7 @@ sent to the `dlrurl` as the real provider does, a moment after the send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -22,6 +23,7 @@ from .clock import utcnow
 from .keys import SETTINGS, STORE
 from .store import Store, make_store
 from .store import teams as store_teams
+from .store.errors import Duplicate
 from .tokens import DEFAULT_SCOPE, issue_token
 
 log = logging.getLogger("gateway.sandbox")
@@ -192,7 +194,8 @@ async def welcome(app: web.Application) -> None:
     first command (stdout, for the person who just typed `serve --sandbox`)."""
     settings, store = app[SETTINGS], app[STORE]
     if await store_teams.find_team(store, SANDBOX_TEAM) is None:
-        await store_teams.create_team(store, SANDBOX_TEAM, {"name": "Sandbox team"}, utcnow())
+        with contextlib.suppress(Duplicate):  # another sandbox replica made it just now
+            await store_teams.create_team(store, SANDBOX_TEAM, {"name": "Sandbox team"}, utcnow())
     token = issue_token(settings, SANDBOX_TEAM, DEFAULT_SCOPE, 7 * 86400)
     admin_token = issue_token(settings, "sandbox-admin", "admin", 7 * 86400)
     print(

@@ -174,7 +174,7 @@ def _release_later(ctx: SendContext, batch: store_messages.Batch) -> None:
     refunds = [settlement.refused(m, at, "not_sent", detail) for m in batch.messages]
 
     async def write() -> None:
-        await store_messages.settle(ctx.store, ctx.owner, batch, refunds)
+        await settlement.settle(ctx.store, ctx.owner, batch, refunds)
 
     ctx.catch_up.add(write, f"the reservation of batch {batch.batch_id}")
 
@@ -394,7 +394,7 @@ async def _store_outcome(
     """Settle the messages (and the key) in one transaction; if the database cannot take it
     now, answer without inviting a resend and store it later."""
     try:
-        settled = await store_messages.settle(
+        settled = await settlement.settle(
             ctx.store,
             ctx.owner,
             batch,
@@ -450,7 +450,7 @@ async def _settle_later(
     if pending and not isinstance(error, DatabaseUnavailable):
         # A failing write (not a lock held elsewhere): the simpler `unknown` may still go in.
         try:
-            await store_messages.settle(
+            await settlement.settle(
                 ctx.store, ctx.owner, batch, pending, webhook_delay=delay, key=key, answer_for=fixed
             )
             stored_pending = True
@@ -458,7 +458,7 @@ async def _settle_later(
             log.error("batch %s: could not mark its messages unknown: %s", batch.batch_id, exc)
 
     async def write() -> None:
-        settled = await store_messages.settle(
+        settled = await settlement.settle(
             ctx.store,
             ctx.owner,
             batch,

@@ -1,9 +1,17 @@
-"""The accounting rule: how a provider call's result settles each message. Pure."""
+"""The accounting rule (how a provider call's result settles each message: pure) and the
+settlement's transaction, which stores those outcomes with everything that follows from them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from . import reports
+from .notify import queue_webhook
 from .provider import RecipientResult, SendResult
-from .store.messages import NewMessage, Outcome
+from .store import messages as store_messages
+from .store.db import Store, Tx
+from .store.messages import Batch, KeyAnswer, NewMessage, Outcome
 
 # A stated cost above this many times the estimate is not believed (a provider bug or a unit
 # mix-up): the estimate is charged instead.
@@ -73,3 +81,65 @@ def outcome(message: NewMessage, result: SendResult, at: str) -> Outcome:
         error_code="provider_rejected",
         error_detail=answer.message or "the provider refused this recipient",
     )
+
+
+class Settled(NamedTuple):
+    """The batch as the API now shows it, the webhooks queued, and the key's stored answer."""
+
+    messages: list[dict[str, Any]]
+    webhooks_queued: int
+    answer: KeyAnswer | None
+
+
+async def _settle(
+    tx: Tx,
+    owner: str,
+    batch: Batch,
+    outcomes: Sequence[Outcome],
+    webhook_delay: float,
+    key: str | None,
+    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
+) -> Settled:
+    changed = await store_messages.settle_rows(tx, owner, batch, outcomes)
+    at = outcomes[0].at if outcomes else batch.created_at
+    applied = 0
+    if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
+        applied = await reports.apply_pending(tx, batch.batch_id, at, webhook_delay)
+    if applied or len(changed) != len(batch.messages):
+        # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
+        messages = await store_messages.batch_messages(tx, batch.team_id, batch.batch_id)
+    else:
+        messages = store_messages.as_settled(batch, outcomes)
+    team_urls: dict[str, str | None] = {}
+    queued = applied
+    for m in messages:
+        if m["status"] == "failed" and m["id"] in changed:
+            queued += await queue_webhook(
+                tx, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
+            )
+    answer = None
+    if key is not None and answer_for is not None:
+        answer = answer_for(messages)
+        if not await store_messages.answer_key(tx, batch.team_id, key, answer):
+            # answered already (a sweep gave it the lost-answer 504): keep that one
+            answer = await store_messages.stored_answer(tx, batch.team_id, key) or answer
+    return Settled(messages, queued, answer)
+
+
+async def settle(
+    store: Store,
+    owner: str,
+    batch: Batch,
+    outcomes: Sequence[Outcome],
+    *,
+    webhook_delay: float = 0.0,
+    key: str | None = None,
+    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None = None,
+) -> Settled:
+    """Store a batch's outcomes in one transaction: the rows `owner` is sending (or that wait
+    to catch up) settle and the counters move by exactly what their charges change; delivery
+    reports that arrived before this answer are applied; webhooks for messages that failed are
+    queued; and, with `key`, the Idempotency-Key gets `answer_for(messages)` as its answer (if
+    a sweep answered it first, that answer stays and is returned). Rows already settled are
+    left as they are."""
+    return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)

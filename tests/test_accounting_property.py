@@ -130,11 +130,11 @@ operation = st.one_of(
 async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> None:
     from datetime import timedelta
 
+    from gateway import reports, settlement
     from gateway.clock import iso, utcnow
     from gateway.sending import swept_answer
     from gateway.store import leases as store_leases
     from gateway.store import messages as store_messages
-    from gateway.store import outbox
     from gateway.store import teams as store_teams
     from gateway.store.sqlite import SqliteStore
 
@@ -187,7 +187,7 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
                                 provider_message_id=f"p{m.id}",
                             )
                         )
-                await store_messages.settle(store, owner, batch, outcomes)
+                await settlement.settle(store, owner, batch, outcomes)
             elif op[0] == "lapse":
                 await store.run(
                     "UPDATE processes SET heartbeat_at = ? WHERE id = ?",
@@ -204,8 +204,8 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
             elif op[0] == "report" and op[1] < len(batches):
                 batch = batches[op[1]]
                 m = batch.messages[0]
-                report = outbox.Report(batch.batch_id, f"p{m.id}", m.recipient, op[2])
-                await outbox.receive_report(store, report, at, 0.0)
+                report = reports.Report(batch.batch_id, f"p{m.id}", m.recipient, op[2])
+                await reports.receive_report(store, report, at, 0.0)
             assert ledger_mismatches(database) == []
             rows = await store.fetchall("SELECT id, status FROM messages")
             for row in rows:

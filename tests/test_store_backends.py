@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import quota
+from gateway import quota, reports, settlement
 from gateway.store import Store, make_store, outbox, teams
 from gateway.store import messages as store_messages
 from gateway.store.db import Tx
@@ -159,10 +159,10 @@ async def test_a_report_racing_its_settlement_is_applied_once(store: Store, data
             batch = plain_batch(f"bat_{n:03d}", AT, [message])
             assert await store_messages.reserve(store, "prc_test", batch) is None
             sent = store_messages.Outcome(message.id, "sent", AT, 1, 75, f"p{n}")
-            report = outbox.Report(batch.batch_id, f"p{n}", "250788000001", "D")
+            report = reports.Report(batch.batch_id, f"p{n}", "250788000001", "D")
             _, received = await asyncio.gather(
-                store_messages.settle(store, "prc_test", batch, [sent]),
-                outbox.receive_report(other, report, AT, 0.0),
+                settlement.settle(store, "prc_test", batch, [sent]),
+                reports.receive_report(other, report, AT, 0.0),
             )
             assert received in ("applied", "pending")
     assert query(database, "SELECT status, COUNT(*) FROM messages GROUP BY 1") == [

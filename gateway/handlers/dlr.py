@@ -9,7 +9,7 @@ from aiohttp import web
 from ..clock import iso
 from ..errors import Forbidden, GatewayError
 from ..keys import CLOCK, METRICS, SEND, SETTINGS, STORE, WORKER
-from ..store.outbox import Report, receive_report
+from ..reports import Report, receive_report
 from .common import read_form
 
 REQUIRED = ("dnis", "username", "password", "command", "dlvrMsgId", "dlvrMsgStat")

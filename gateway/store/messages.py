@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import quota
 from . import outbox
 from .db import Sql, Store, Tx
 from .rows import message_object, resource
-from .shared import LOCK_BATCH, append_event
+from .shared import append_event
 
 
 @dataclass(frozen=True)
@@ -245,14 +245,6 @@ def _counts(charged_segments: int, cost: int) -> int:
     return int(charged_segments > 0 or cost > 0)
 
 
-class Settled(NamedTuple):
-    """The batch as the API now shows it, the webhooks queued, and the key's stored answer."""
-
-    messages: list[dict[str, Any]]
-    webhooks_queued: int
-    answer: KeyAnswer | None
-
-
 def _in_memory(batch: Batch, message: NewMessage, o: Outcome) -> dict[str, Any]:
     """What `_settle` wrote for one message, without reading it back."""
     return message_object(
@@ -302,17 +294,11 @@ def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]
     return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
-async def _settle(
-    tx: Tx,
-    owner: str,
-    batch: Batch,
-    outcomes: Sequence[Outcome],
-    webhook_delay: float,
-    key: str | None,
-    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
-) -> Settled:
-    if tx.dialect == "postgresql":
-        await tx.execute(LOCK_BATCH, (batch.batch_id,))
+async def settle_rows(tx: Tx, owner: str, batch: Batch, outcomes: Sequence[Outcome]) -> set[str]:
+    """Apply outcomes to the rows `owner` is sending (or that wait to catch up) and move the
+    counters by exactly what those rows' charges change, in the caller's transaction; the ids
+    of the rows changed (a row already settled, here or by another process, is left alone)."""
+    await outbox.lock_batch(tx, batch.batch_id)  # its delivery reports go first or after
     reserved = {m.id: m for m in batch.messages}
     changed: set[str] = set()
     delta = UsageDelta()
@@ -348,33 +334,11 @@ async def _settle(
         delta.cost += o.cost - was_cost
         changed.add(o.message_id)
     await bump(tx, batch.team_id, {batch.day: delta, batch.month: delta})
-    at = outcomes[0].at if outcomes else batch.created_at
-    applied = 0
-    if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
-        applied = await outbox.apply_pending_reports(tx, batch.batch_id, at, webhook_delay)
-    if applied or len(changed) != len(batch.messages):
-        # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
-        messages = await batch_messages(tx, batch.team_id, batch.batch_id)
-    else:
-        messages = as_settled(batch, outcomes)
-    team_urls: dict[str, str | None] = {}
-    queued = applied
-    for m in messages:
-        if m["status"] == "failed" and m["id"] in changed:
-            queued += await outbox.enqueue_webhook(
-                tx, batch.team_id, m, batch.callback_url, at, webhook_delay, team_urls
-            )
-    answer = None
-    if key is not None and answer_for is not None:
-        answer = answer_for(messages)
-        if not await answer_key(
-            tx, batch.team_id, key, answer
-        ):  # answered already (a sweep gave it the lost-answer 504): keep that one
-            answer = await _stored_answer(tx, batch.team_id, key) or answer
-    return Settled(messages, queued, answer)
+    return changed
 
 
-async def _stored_answer(tx: Tx, team_id: str, key: str) -> KeyAnswer | None:
+async def stored_answer(tx: Tx, team_id: str, key: str) -> KeyAnswer | None:
+    """The answer an Idempotency-Key already holds, if it was answered."""
     row = await tx.fetchone(
         "SELECT status, content_type, body FROM idempotency WHERE team_id = ? AND key = ?"
         " AND state = 'done'",
@@ -393,27 +357,6 @@ async def batch_messages(tx: Tx, team_id: str, batch_id: str) -> list[dict[str, 
         (team_id, batch_id),
     )
     return [resource(r) for r in rows]
-
-
-async def settle(
-    store: Store,
-    owner: str,
-    batch: Batch,
-    outcomes: Sequence[Outcome],
-    *,
-    webhook_delay: float = 0.0,
-    key: str | None = None,
-    answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None = None,
-) -> Settled:
-    """Apply outcomes to the rows `owner` is sending (or that wait to catch up) and move the
-    counters by exactly what those rows' charges change, in one transaction.
-
-    In the same transaction: webhooks for messages that failed are queued, delivery reports
-    that arrived before this answer are applied, and, with `key`, the Idempotency-Key gets
-    `answer_for(messages)` as its answer (if a sweep answered it first, that answer stays and
-    is returned). Rows already settled are left as they are.
-    """
-    return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)
 
 
 async def answer_key(tx: Tx, team_id: str, key: str, answer: KeyAnswer) -> bool:

@@ -1,77 +1,100 @@
-"""Delivery reports and the webhook outbox: applied and queued inside the callers' transactions."""
+"""The delivery reports and the webhook outbox: their queries, for the transactions that the
+layers above compose (gateway/reports.py, gateway/notify.py), and the worker's claims."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from ..clock import iso, parse_iso
-from ..ids import ulid
 from .db import Row, Sql, Store, Tx
-from .rows import resource
 from .shared import LOCK_BATCH, append_event
 
-FINAL_STATES = {"D": "delivered", "U": "undelivered"}
-WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed"})
-ReportOutcome = Literal["applied", "duplicate", "pending", "ignored"]
+
+async def team_callback_url(tx: Tx, team_id: str) -> str | None:
+    """The team's own webhook URL, if it has one."""
+    row = await tx.fetchone("SELECT callback_url FROM teams WHERE id = ?", (team_id,))
+    return row["callback_url"] if row else None
 
 
 @dataclass(frozen=True)
-class Report:
-    """One delivery report as the provider sent it, bound to a batch by the DLR token."""
+class NewWebhook:
+    """A delivery to queue: a signed webhook, or a drop-in client's provider-format DLR."""
 
-    batch_id: str
-    provider_message_id: str
-    recipient: str
-    state: str  # D | U
+    id: str
+    message_id: str
+    team_id: str
+    type: str
+    url: str
+    payload: str
+    next_attempt_at: str
+    created_at: str
+    kind: str = "webhook"  # webhook | dlr
 
 
-def _after(at: str, seconds: float) -> str:
-    return iso(parse_iso(at) + timedelta(seconds=seconds))
-
-
-async def enqueue_webhook(
-    tx: Tx,
-    team_id: str,
-    message: dict[str, Any],
-    callback_url: str | None,
-    at: str,
-    delay: float,
-    team_urls: dict[str, str | None],
-) -> int:
-    """Queue the webhook for one message (as the API shows it) if its state calls for one and
-    it has a URL (its own, else its team's; `team_urls` caches the teams'); 1 if queued."""
-    if message["status"] not in WEBHOOK_EVENTS:
-        return 0
-    if team_id not in team_urls:
-        team = await tx.fetchone("SELECT callback_url FROM teams WHERE id = ?", (team_id,))
-        team_urls[team_id] = team["callback_url"] if team else None
-    url = callback_url or team_urls[team_id]
-    if not url:
-        return 0
-    event = f"message.{message['status']}"
-    payload = json.dumps(
-        {"type": event, "timestamp": at, "data": message},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
+    """Queue one delivery, pending from `next_attempt_at`."""
     await tx.execute(
         "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
-        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
         (
-            "whk_" + ulid(parse_iso(at)),
-            message["id"],
-            team_id,
-            event,
-            url,
-            payload,
-            _after(at, delay),
-            at,
+            hook.id,
+            hook.message_id,
+            hook.team_id,
+            hook.type,
+            hook.url,
+            hook.payload,
+            hook.next_attempt_at,
+            hook.created_at,
+            hook.kind,
         ),
     )
-    return 1
+
+
+async def lock_batch(tx: Tx, batch_id: str) -> None:
+    """Make this transaction and any other that locks the batch take turns (PostgreSQL; on
+    SQLite every write transaction already excludes the others)."""
+    if tx.dialect == "postgresql":
+        await tx.execute(LOCK_BATCH, (batch_id,))
+
+
+async def insert_report(
+    tx: Tx, batch_id: str, provider_message_id: str, recipient: str, state: str, at: str
+) -> int | None:
+    """Store a delivery report; its id, or None if the same report was stored before."""
+    row = await tx.fetchone(
+        "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+        (batch_id, provider_message_id, recipient, state, at),
+    )
+    return int(row[0]) if row else None
+
+
+async def pending_reports(tx: Tx, batch_id: str) -> list[Row]:
+    """The batch's reports that no message has taken yet, oldest first."""
+    return await tx.fetchall(
+        "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
+        (batch_id,),
+    )
+
+
+async def settle_report(
+    tx: Tx, report_id: int, outcome: str, message_id: str | None, at: str
+) -> None:
+    """Record what a report did (applied, ignored) and to which message."""
+    await tx.execute(
+        "UPDATE dlr_reports SET outcome = ?, message_id = ?, settled_at = ? WHERE id = ?",
+        (outcome, message_id, at, report_id),
+    )
+
+
+async def reported_message(tx: Tx, batch_id: str, provider_message_id: str) -> Row | None:
+    """The message a report names (id and status), if its send's answer is stored."""
+    return await tx.fetchone(
+        "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
+        (batch_id, provider_message_id),
+    )
 
 
 _FINISH = Sql(
@@ -83,98 +106,15 @@ _FINISH = Sql(
 )
 
 
-async def _apply(tx: Tx, report: Report, at: str, delay: float) -> tuple[ReportOutcome, str | None]:
-    """Move the report's message to its final state and queue its webhook, if it can be."""
-    found = await tx.fetchone(
-        "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
-        (report.batch_id, report.provider_message_id),
-    )
-    if found is None:
-        return "pending", None  # the send's answer is not stored yet, or never will be
-    status = FINAL_STATES[report.state]
-    row = await tx.fetchone(_FINISH, (status, at, found["id"]))
-    if row is None:  # final already (or failed): the report cannot change it
-        return "ignored", found["id"]
-    await enqueue_webhook(tx, row["team_id"], resource(row), row["callback_url"], at, delay, {})
-    if row["client_dlr"]:
-        await _enqueue_client_dlr(tx, row, report.state, at, delay)
-        # The message is final: its DLR target lives on only in that delivery, until it is made.
-        await tx.execute("UPDATE messages SET client_dlr = NULL WHERE id = ?", (row["id"],))
-    return "applied", found["id"]
+async def finish_message(tx: Tx, message_id: str, status: str, at: str) -> Row | None:
+    """Move a `sent` or `unknown` message to a final status; the row as it is now, or None if
+    it was not in a state a report can change."""
+    return await tx.fetchone(_FINISH, (status, at, message_id))
 
 
-async def _enqueue_client_dlr(tx: Tx, row: Row, state: str, at: str, delay: float) -> None:
-    """Queue the provider-format GET a drop-in client asked for with its own `dlrurl`."""
-    target = json.loads(row["client_dlr"])
-    params = {
-        "dnis": row["recipient"],
-        "username": target.get("username") or "",
-        "password_sealed": target.get("password_sealed") or "",  # opened by the worker only
-        "command": "deliver",
-        "dlvrMsgId": row["id"],
-        "dlvrMsgStat": state,
-    }
-    await tx.execute(
-        "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
-        " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, 'dlr')",
-        (
-            "whk_" + ulid(parse_iso(at)),
-            row["id"],
-            row["team_id"],
-            f"message.{FINAL_STATES[state]}",
-            target["url"],
-            json.dumps(params),
-            _after(at, delay),
-            at,
-        ),
-    )
-
-
-async def _settle_report(
-    tx: Tx, report_id: int, outcome: str, message_id: str | None, at: str
-) -> None:
-    await tx.execute(
-        "UPDATE dlr_reports SET outcome = ?, message_id = ?, settled_at = ? WHERE id = ?",
-        (outcome, message_id, at, report_id),
-    )
-
-
-async def _receive(tx: Tx, report: Report, at: str, delay: float) -> ReportOutcome:
-    if tx.dialect == "postgresql":
-        await tx.execute(LOCK_BATCH, (report.batch_id,))
-    inserted = await tx.fetchone(
-        "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-        (report.batch_id, report.provider_message_id, report.recipient, report.state, at),
-    )
-    if inserted is None:
-        return "duplicate"
-    outcome, message_id = await _apply(tx, report, at, delay)
-    if outcome != "pending":
-        await _settle_report(tx, inserted[0], outcome, message_id, at)
-    return outcome
-
-
-async def receive_report(store: Store, report: Report, at: str, delay: float) -> ReportOutcome:
-    """Store a delivery report and apply it, in one transaction: duplicates change nothing."""
-    return await store.write(_receive, report, at, delay)
-
-
-async def apply_pending_reports(tx: Tx, batch_id: str, at: str, delay: float) -> int:
-    """Apply the reports that arrived before this batch's send answer was stored; how many
-    were applied (each may have queued a webhook)."""
-    waiting = await tx.fetchall(
-        "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
-        (batch_id,),
-    )
-    applied = 0
-    for row in waiting:
-        report = Report(row["batch_id"], row["provider_message_id"], row["recipient"], row["state"])
-        outcome, message_id = await _apply(tx, report, at, delay)
-        if outcome != "pending":
-            await _settle_report(tx, row["id"], outcome, message_id, at)
-        applied += outcome == "applied"
-    return applied
+async def forget_client_dlr(tx: Tx, message_id: str) -> None:
+    """Drop a final message's drop-in DLR target (it lives on only in its queued delivery)."""
+    await tx.execute("UPDATE messages SET client_dlr = NULL WHERE id = ?", (message_id,))
 
 
 # --- the worker's side ------------------------------------------------------------------------
@@ -349,7 +289,7 @@ async def list_reports(
             "provider_message_id": r["provider_message_id"],
             "recipient": r["recipient"],
             "state": r["state"],
-            "status": FINAL_STATES[r["state"]],
+            "status": {"D": "delivered", "U": "undelivered"}[r["state"]],
             "outcome": r["outcome"] or "pending",
             "message_id": r["message_id"],
             "received_at": r["received_at"],
