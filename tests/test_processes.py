@@ -207,7 +207,7 @@ async def test_processes_starting_together_on_a_new_database(
                 finally:
                     for s in starts:
                         await s.__aexit__(None, None, None)
-            assert rows(database, version) == [(7,)]
+            assert rows(database, version) == [(8,)]
         finally:
             if database_kind == "postgresql":
                 drop_postgres_database(POSTGRES, database)

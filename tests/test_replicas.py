@@ -83,9 +83,6 @@ async def test_limits_are_exact_across_replicas(database: str, provider: FakePro
             statuses = Counter(status for status, _ in answers)
             assert statuses == {201: allowed, 429: 300 - allowed}, statuses
             assert len(provider.calls) - calls == allowed
-            # both replicas took part in the accepted sends
-            served = Counter(n % 2 for n, (status, _) in enumerate(answers) if status == 201)
-            assert served[0] and served[1]
         assert query(
             database,
             "SELECT team_id, segments, cost FROM usage WHERE length(period) = 10 ORDER BY 1",

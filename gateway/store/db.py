@@ -92,6 +92,11 @@ class Store(abc.ABC):
         """SQLite's WAL checkpoint (busy, frames, checkpointed); nothing to do elsewhere."""
         return (0, 0, 0)
 
+    async def call(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
+        """One statement as its own transaction (committed as soon as it ends); its first
+        row. A statement that raises changes nothing."""
+        return await self.write(_fetchone, sql, tuple(params))
+
     async def run(self, sql: Statement, params: Iterable[Any] = ()) -> int:
         """One write statement, atomically; its rowcount."""
         return await self.write(_run, sql, tuple(params))
@@ -112,6 +117,10 @@ class Store(abc.ABC):
 
 async def _run(tx: Tx, sql: Statement, params: tuple[Any, ...]) -> int:
     return await tx.execute(sql, params)
+
+
+async def _fetchone(tx: Tx, sql: Statement, params: tuple[Any, ...]) -> Row | None:
+    return await tx.fetchone(sql, params)
 
 
 def is_postgres(database: str) -> bool:

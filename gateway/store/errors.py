@@ -29,6 +29,15 @@ class Duplicate(StoreError):
         self.key = key
 
 
+class Refused(StoreError):
+    """The database refused a write by one of its own rules (a PostgreSQL function raised
+    `code`); nothing of the write was kept."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"refused by the database ({code})")
+        self.code = code
+
+
 class DatabaseUnavailable(StoreError):
     """The write was not made: the database could not take it now; retrying later may work."""
 

@@ -10,6 +10,7 @@ from typing import Any
 from .. import quota
 from . import outbox
 from .db import Sql, Store, Tx
+from .errors import DatabaseBusy, Refused
 from .rows import message_object, resource
 from .shared import append_event
 
@@ -86,18 +87,11 @@ class TeamInactive(Exception):
     """The team was disabled (or removed) after its request was authenticated."""
 
 
-# Reservations of one team take turns: on PostgreSQL the team's row is locked first, so the
-# counters read below include every reservation committed before (READ COMMITTED reads them
-# afresh after the lock) and none can pass a limit in between. On SQLite the write
-# transaction (BEGIN IMMEDIATE) already excludes every other writer.
-LOCK_TEAM = "SELECT 1 FROM teams WHERE id = ? FOR UPDATE"
-
-
-async def _reserve(
-    tx: Tx, owner: str, batch: Batch, claim: IdempotencyClaim | None
-) -> quota.Refusal | PriorAnswer | None:
-    if tx.dialect == "postgresql":
-        await tx.execute(LOCK_TEAM, (batch.team_id,))
+async def _check(
+    tx: Tx, batch: Batch, claim: IdempotencyClaim | None
+) -> quota.Refusal | PriorAnswer | quota.Limits:
+    """What a reservation finds first: a live key's prior answer, or the limit the send would
+    pass, or (it fits) the team's limits. Raises TeamInactive for a disabled team."""
     if claim is not None:
         prior = await _claimed(tx, batch.team_id, claim)
         if prior is not None:
@@ -114,33 +108,31 @@ async def _reserve(
     )
     if team is None or not team["active"]:
         raise TeamInactive(batch.team_id)
-    segments = sum(m.segments for m in batch.messages)
-    cost = sum(m.cost for m in batch.messages)
     limits = quota.Limits(team["daily_limit"], team["monthly_limit"], team["monthly_budget"])
     used = quota.Usage(
         day_segments=team["day_segments"] or 0,
         month_segments=team["month_segments"] or 0,
         month_cost=team["month_cost"] or 0,
     )
-    refusal = quota.check(limits, used, segments, cost)
-    if refusal is not None:
-        return refusal
+    segments = sum(m.segments for m in batch.messages)
+    cost = sum(m.cost for m in batch.messages)
+    return quota.check(limits, used, segments, cost) or limits
+
+
+async def _reserve(
+    tx: Tx, owner: str, batch: Batch, claim: IdempotencyClaim | None
+) -> quota.Refusal | PriorAnswer | None:
+    """SQLite: read, check and write in one write transaction (BEGIN IMMEDIATE excludes every
+    other writer, so nothing moves between the check and the write)."""
+    checked = await _check(tx, batch, claim)
+    if not isinstance(checked, quota.Limits):
+        return checked
     if claim is not None:
         await tx.execute(
             "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
             " owner) VALUES (?, ?, ?, ?, 'in_flight', ?, ?)",
-            (
-                batch.team_id,
-                claim.key,
-                claim.request_hash,
-                batch.batch_id,
-                batch.created_at,
-                owner,
-            ),
+            (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at, owner),
         )
-    count = len(batch.messages)
-    reserved = UsageDelta(count, segments, cost)
-    await bump(tx, batch.team_id, {batch.day: reserved, batch.month: reserved})
     events = json.dumps([{"status": "sending", "at": batch.created_at}])
     await tx.executemany(
         "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
@@ -171,7 +163,68 @@ async def _reserve(
             for m in batch.messages
         ],
     )
+    reserved = UsageDelta(
+        len(batch.messages),
+        sum(m.segments for m in batch.messages),
+        sum(m.cost for m in batch.messages),
+    )
+    await bump(tx, batch.team_id, {batch.month: reserved, batch.day: reserved})
     return None
+
+
+# PostgreSQL: the same rules in one call of the schema's gateway_reserve() (postgres_8.sql),
+# which holds the team's counter rows only from its conditional UPDATEs to its own COMMIT; a
+# send that fits costs one round trip, and the reads that explain a refusal come after.
+_RESERVE_CALL = "SELECT gateway_reserve(" + ", ".join("?" * 22) + ")"
+RACE_RETRIES = 20
+
+
+async def _reserve_on_postgres(
+    store: Store, owner: str, batch: Batch, claim: IdempotencyClaim | None
+) -> quota.Refusal | PriorAnswer | None:
+    events = json.dumps([{"status": "sending", "at": batch.created_at}])
+    params = (
+        batch.team_id,
+        batch.month,
+        batch.day,
+        len(batch.messages),
+        sum(m.segments for m in batch.messages),
+        sum(m.cost for m in batch.messages),
+        claim.key if claim else None,
+        claim.request_hash if claim else None,
+        batch.batch_id,
+        batch.created_at,
+        owner,
+        [m.id for m in batch.messages],
+        [m.recipient for m in batch.messages],
+        [m.segments for m in batch.messages],
+        [m.cost for m in batch.messages],
+        batch.text,
+        batch.sender,
+        batch.reference,
+        batch.callback_url,
+        batch.encoding,
+        events,
+        batch.client_dlr,
+    )
+    for _ in range(RACE_RETRIES):
+        try:
+            row = await store.call(_RESERVE_CALL, params)
+        except Refused as refused:
+            if refused.code == "GW403":
+                raise TeamInactive(batch.team_id) from None
+            checked = await store.write(_check, batch, None)  # which limit, and how far
+            if not isinstance(checked, quota.Limits):
+                return checked
+            continue  # room was freed meanwhile (a refund): try again
+        if row is not None and row[0] == "key_taken":
+            assert claim is not None
+            prior = await store.write(_claimed, batch.team_id, claim)
+            if prior is not None:
+                return prior
+            continue  # the key had expired, and is gone now
+        return None
+    raise DatabaseBusy(0)
 
 
 async def reserve(
@@ -185,6 +238,8 @@ async def reserve(
     stores nothing, claiming no key) if a limit would be passed. Raises TeamInactive if the team
     was disabled since it was authenticated.
     """
+    if store.kind == "postgresql":
+        return await _reserve_on_postgres(store, owner, batch, claim)
     return await store.write(_reserve, owner, batch, claim)
 
 
@@ -234,7 +289,8 @@ async def bump(tx: Tx, team_id: str, deltas: dict[str, UsageDelta]) -> None:
         " segments = usage.segments + excluded.segments, cost = usage.cost + excluded.cost",
         [
             (team_id, period, d.messages, d.segments, d.cost)
-            for period, d in deltas.items()
+            # month ('2026-11') before day ('2026-11-26'), the order every writer locks them in
+            for period, d in sorted(deltas.items())
             if d.messages or d.segments or d.cost
         ],
     )

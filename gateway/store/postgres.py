@@ -23,7 +23,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .db import Row, Statement, Store, Tx, Write, describe
-from .errors import DatabaseBusy, DatabaseUnreachable, SchemaTooNew, StoreClosed
+from .errors import DatabaseBusy, DatabaseUnreachable, Refused, SchemaTooNew, StoreClosed
 from .migrations import MIGRATIONS
 
 T = TypeVar("T")
@@ -124,6 +124,7 @@ class PostgresStore(Store):
                 command_timeout=30,
                 timeout=5,
                 server_settings={"application_name": "sms-gateway", "jit": "off"},
+                reset=_keep,
             )
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnreachable(f"{describe(self.dsn)}: {exc}") from None
@@ -199,6 +200,32 @@ class PostgresStore(Store):
                 await asyncio.sleep(delay)
                 delay *= 2
 
+    async def call(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
+        """One statement in its own implicit transaction: no round trip between its last
+        change and the COMMIT. Failing to get a connection is retried; a connection lost while
+        the statement ran is DatabaseUnreachable with `committed_unknown` (it may have been
+        made); a function's own refusal (SQLSTATE GWxxx) is Refused."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry_for
+        delay = 0.02
+        text, args = postgres_sql(sql), tuple(params)
+        while True:
+            try:
+                async with self._connection() as conn:
+                    try:
+                        return await conn.fetchrow(text, *args)
+                    except CONNECTION_ERRORS as exc:
+                        raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
+                    except asyncpg.PostgresError as exc:
+                        if (exc.sqlstate or "").startswith("GW"):
+                            raise Refused(exc.sqlstate) from None
+                        raise
+            except _NoConnection as exc:
+                if loop.time() + delay > give_up:
+                    raise DatabaseUnreachable(str(exc)) from None
+                await asyncio.sleep(delay)
+                delay *= 2
+
     async def fetchall(self, sql: Statement, params: Iterable[Any] = ()) -> list[Row]:
         """All rows of a read; a lost connection is retried for `retry_for` seconds."""
         loop = asyncio.get_running_loop()
@@ -214,6 +241,12 @@ class PostgresStore(Store):
                     raise DatabaseUnreachable(str(exc) or type(exc).__name__) from None
                 await asyncio.sleep(delay)
                 delay *= 2
+
+
+async def _keep(_conn: Connection) -> None:
+    """A connection going back to the pool needs no reset: the gateway keeps no session state
+    on it (no LISTEN, no session advisory lock, no SET; transactions end before release).
+    asyncpg's default reset is one more round trip each time, three a send."""
 
 
 async def _migrate(conn: Connection) -> None:

@@ -1,0 +1,1 @@
+-- Version 8: PostgreSQL gains its reservation function (postgres_8.sql); nothing changes here.
