@@ -142,4 +142,12 @@ async def settle(
     queued; and, with `key`, the Idempotency-Key gets `answer_for(messages)` as its answer (if
     a sweep answered it first, that answer stays and is returned). Rows already settled are
     left as they are."""
+    # The common case (every message went out, no key to answer) in one call where it can be.
+    same_time = all(o.at == outcomes[0].at for o in outcomes)
+    if (
+        key is None
+        and same_time
+        and await store_messages.settle_sent(store, owner, batch, outcomes)
+    ):
+        return Settled(store_messages.as_settled(batch, outcomes), 0, None)
     return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)

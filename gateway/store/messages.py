@@ -350,6 +350,43 @@ def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]
     return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
+_SETTLE_SENT_CALL = "SELECT gateway_settle_sent(" + ", ".join("?" * 12) + ")"
+
+
+async def settle_sent(store: Store, owner: str, batch: Batch, outcomes: Sequence[Outcome]) -> bool:
+    """On PostgreSQL, settle a batch whose messages all went out (`sent`, no error) in one
+    server-side call (gateway_settle_sent, postgres_8.sql: the same rows and counters as
+    settle_rows); False when it cannot be done so (SQLite, another kind of outcome, a delivery
+    report already waiting, a row not `sending` under `owner`), and nothing was changed: the
+    caller settles the general way."""
+    if store.kind != "postgresql" or not outcomes:
+        return False
+    if any(o.status != "sent" or o.error_code or o.error_detail for o in outcomes):
+        return False
+    reserved = {m.id: m for m in batch.messages}
+    try:
+        await store.call(
+            _SETTLE_SENT_CALL,
+            (
+                owner,
+                batch.batch_id,
+                batch.team_id,
+                batch.month,
+                batch.day,
+                outcomes[0].at,
+                [o.message_id for o in outcomes],
+                [o.provider_message_id for o in outcomes],
+                [o.charged_segments for o in outcomes],
+                [o.cost for o in outcomes],
+                [reserved[o.message_id].segments for o in outcomes],
+                [reserved[o.message_id].cost for o in outcomes],
+            ),
+        )
+    except Refused:
+        return False
+    return True
+
+
 async def settle_rows(tx: Tx, owner: str, batch: Batch, outcomes: Sequence[Outcome]) -> set[str]:
     """Apply outcomes to the rows `owner` is sending (or that wait to catch up) and move the
     counters by exactly what those rows' charges change, in the caller's transaction; the ids

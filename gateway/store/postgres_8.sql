@@ -59,3 +59,49 @@ BEGIN
     RETURN 'reserved';
 END;
 $$;
+
+-- A batch whose messages all went out (`sent`, no error, no Idempotency-Key to answer) settles
+-- in one call: the same rows and counters as messages.settle_rows, with the batch's lock (see
+-- shared.LOCK_BATCH) taken first. Anything that needs more (a delivery report already waiting
+-- for the batch, a row not `sending` under this owner) raises GW409 and changes nothing; the
+-- gateway then settles the batch the general way.
+CREATE FUNCTION gateway_settle_sent(
+    p_owner TEXT, p_batch TEXT, p_team TEXT, p_month TEXT, p_day TEXT, p_at TEXT,
+    p_ids TEXT[], p_provider_ids TEXT[], p_charged INTEGER[], p_costs BIGINT[],
+    p_reserved_segments INTEGER[], p_reserved_costs BIGINT[]
+) RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+    d_messages BIGINT := 0;
+    d_segments BIGINT := 0;
+    d_cost BIGINT := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext(p_batch));
+    IF EXISTS (SELECT 1 FROM dlr_reports WHERE batch_id = p_batch AND outcome IS NULL) THEN
+        RAISE EXCEPTION 'delivery reports wait for this batch' USING ERRCODE = 'GW409';
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        UPDATE messages SET status = 'sent', charged_segments = p_charged[i], cost = p_costs[i],
+            provider_message_id = p_provider_ids[i], error_code = NULL, error_detail = NULL,
+            owner = NULL, sent_at = p_at,
+            events = left(events, -1) || ','
+                || json_build_object('status', 'sent'::text, 'at', p_at)::text || ']'
+        WHERE id = p_ids[i] AND status = 'sending' AND owner = p_owner;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'a message is not being sent by this process' USING ERRCODE = 'GW409';
+        END IF;
+        d_messages := d_messages
+            + (CASE WHEN p_charged[i] > 0 OR p_costs[i] > 0 THEN 1 ELSE 0 END)
+            - (CASE WHEN p_reserved_segments[i] > 0 OR p_reserved_costs[i] > 0 THEN 1 ELSE 0 END);
+        d_segments := d_segments + p_charged[i] - p_reserved_segments[i];
+        d_cost := d_cost + p_costs[i] - p_reserved_costs[i];
+    END LOOP;
+    IF d_messages <> 0 OR d_segments <> 0 OR d_cost <> 0 THEN
+        INSERT INTO usage AS u (team_id, period, messages, segments, cost)
+        VALUES (p_team, p_month, d_messages, d_segments, d_cost),
+               (p_team, p_day, d_messages, d_segments, d_cost)
+        ON CONFLICT (team_id, period) DO UPDATE SET messages = u.messages + excluded.messages,
+            segments = u.segments + excluded.segments, cost = u.cost + excluded.cost;
+    END IF;
+    RETURN 'settled';
+END;
+$$;
