@@ -362,6 +362,20 @@ async def shared_load(
     )
 
 
+async def pages(label: str, port: int, headers: dict[str, str], seconds: float) -> Result:
+    """4 clients reading `GET /messages` pages (50 delivered messages) back to back."""
+    return await load(
+        label,
+        f"http://127.0.0.1:{port}/messages?limit=50&status=delivered",
+        lambda i: {},
+        headers,
+        4,
+        min(seconds, 5),
+        method="GET",
+        expect=200,
+    )
+
+
 def gateway_env(
     directory: Path, provider_url: str, port: int, log_level: str | None = None
 ) -> dict[str, str]:
@@ -522,25 +536,14 @@ async def _measure(
                 assert pg_url is not None
                 pg_preload_seconds = await pg_preload(pg_url, options.preload)
                 print(f"PostgreSQL preload took {pg_preload_seconds:.0f} s", file=sys.stderr)
-                pg_page = await load(
+                pg_page = await pages(
                     f"PostgreSQL GET /messages page ({options.preload:,} stored)",
-                    f"http://127.0.0.1:{pg_ports[0]}/messages?limit=50&status=delivered",
-                    lambda i: {},
+                    pg_ports[0],
                     headers,
-                    4,
-                    min(seconds, 5),
-                    method="GET",
-                    expect=200,
+                    seconds,
                 )
-            page = await load(
-                "GET /messages page (limit=50, 4 clients)",
-                f"http://127.0.0.1:{full_port}/messages?limit=50&status=delivered",
-                lambda i: {},
-                headers,
-                4,
-                min(seconds, 5),
-                method="GET",
-                expect=200,
+            page = await pages(
+                "GET /messages page (limit=50, 4 clients)", full_port, headers, seconds
             )
             big = await big_send(f"http://127.0.0.1:{full_port}", headers)
             rss = max(peak_rss_mb(empty_gateway.pid), peak_rss_mb(full_gateway.pid))

@@ -82,33 +82,30 @@ def _in_thread(work: Callable[[], Awaitable[Any]]) -> Any:
         return pool.submit(lambda: asyncio.run(work())).result()  # type: ignore[arg-type]
 
 
-def new_postgres_database(server: str) -> str:
-    """A new, empty database on the server; its URL."""
-    name = "gw_test_" + secrets.token_hex(6)
+def _on_server(server: str, sql: str) -> None:
+    """Run one statement as the server's administrator (outside any transaction)."""
 
-    async def create() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(server)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    _in_thread(create)
+    _in_thread(run)
+
+
+def new_postgres_database(server: str) -> str:
+    """A new, empty database on the server; its URL."""
+    name = "gw_test_" + secrets.token_hex(6)
+    _on_server(server, f'CREATE DATABASE "{name}"')
     return urlunsplit(urlsplit(server)._replace(path="/" + name))
 
 
 def drop_postgres_database(server: str, url: str) -> None:
     """Drop a database made by new_postgres_database (its connections are ended first)."""
     name = urlsplit(url).path.lstrip("/")
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    _in_thread(drop)
+    _on_server(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 _finished: list[str] = []  # databases of tests that ended, dropped when the next one starts

@@ -102,6 +102,22 @@ class PostgresTx(Tx):
             await self.conn.executemany(postgres_sql(sql), rows)
 
 
+class _Patience:
+    """How long a lost connection is retried: backoff from 20 ms, for `seconds` in all."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._give_up = self._loop.time() + seconds
+        self._delay = 0.02
+
+    async def wait(self, exc: BaseException) -> None:
+        """Sleep before the next try, or raise DatabaseUnreachable when patience ran out."""
+        if self._loop.time() + self._delay > self._give_up:
+            raise DatabaseUnreachable(str(exc) or type(exc).__name__) from None
+        await asyncio.sleep(self._delay)
+        self._delay *= 2
+
+
 class PostgresStore(Store):
     """One PostgreSQL database shared by any number of gateway processes."""
 
@@ -168,10 +184,8 @@ class PostgresStore(Store):
         sent is retried for `retry_for` seconds (the server rolled the transaction back), and
         so is a deadlock or serialization failure; a connection lost during COMMIT is not,
         since the write may have been made (DatabaseUnreachable with `committed_unknown`)."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.retry_for
+        patience = _Patience(self.retry_for)
         conflicts = 0
-        delay = 0.02
         while True:
             committing = False
             try:
@@ -195,19 +209,14 @@ class PostgresStore(Store):
             except RETRYABLE as exc:
                 if committing:
                     raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
-                if loop.time() + delay > give_up:
-                    raise DatabaseUnreachable(str(exc) or type(exc).__name__) from None
-                await asyncio.sleep(delay)
-                delay *= 2
+                await patience.wait(exc)
 
     async def call(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
         """One statement in its own implicit transaction: no round trip between its last
         change and the COMMIT. Failing to get a connection is retried; a connection lost while
         the statement ran is DatabaseUnreachable with `committed_unknown` (it may have been
         made); a function's own refusal (SQLSTATE GWxxx) is Refused."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.retry_for
-        delay = 0.02
+        patience = _Patience(self.retry_for)
         text, args = postgres_sql(sql), tuple(params)
         while True:
             try:
@@ -221,26 +230,18 @@ class PostgresStore(Store):
                             raise Refused(exc.sqlstate) from None
                         raise
             except _NoConnection as exc:
-                if loop.time() + delay > give_up:
-                    raise DatabaseUnreachable(str(exc)) from None
-                await asyncio.sleep(delay)
-                delay *= 2
+                await patience.wait(exc)
 
     async def fetchall(self, sql: Statement, params: Iterable[Any] = ()) -> list[Row]:
         """All rows of a read; a lost connection is retried for `retry_for` seconds."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.retry_for
-        delay = 0.02
+        patience = _Patience(self.retry_for)
         text, args = postgres_sql(sql), tuple(params)
         while True:
             try:
                 async with self._connection() as conn:
                     return list(await conn.fetch(text, *args))
             except RETRYABLE as exc:
-                if loop.time() + delay > give_up:
-                    raise DatabaseUnreachable(str(exc) or type(exc).__name__) from None
-                await asyncio.sleep(delay)
-                delay *= 2
+                await patience.wait(exc)
 
 
 async def _keep(_conn: Connection) -> None:
