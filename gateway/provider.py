@@ -120,6 +120,10 @@ def _interpret(status: int, body: bytes) -> SendResult:
         data = None
     message = _text(data.get("message")) if isinstance(data, dict) else None
     if isinstance(data, dict) and str(data.get("status", "")).lower() == "error":
+        if status in (429, 503):
+            # The provider's own word that it is busy: it took nothing (SPEC, POST /messages).
+            busy = f"the provider is busy (HTTP {status})"
+            return SendResult({}, "unavailable", f"{busy}: {message}" if message else busy)
         if status >= 500:
             # A 5xx could come from a proxy after the provider acted; do not assume nothing left.
             return SendResult({}, "timeout", message or f"the provider answered HTTP {status}")

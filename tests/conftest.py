@@ -272,6 +272,13 @@ class FakeProvider:
             return web.json_response(
                 {"status": "error", "message": "Invalid credentials"}, status=401
             )
+        if self.mode in ("http429", "http503"):  # busy, in its own words: it took nothing
+            return web.json_response(
+                {"status": "error", "message": "Too many requests, slow down"},
+                status=int(self.mode[4:]),
+            )
+        if self.mode == "http503-html":  # a 503 from something in front of it
+            return web.Response(status=503, text="<html>Service Unavailable</html>")
         if self.mode == "redirect":
             raise web.HTTPFound("https://bulksms.example/api/v3/sms/send")
         if self.mode == "http500":

@@ -114,7 +114,10 @@ async def test_provider_cost_is_what_is_charged(client: Client, provider: FakePr
         ("error", 502, "provider_error", "failed"),
         ("http401", 502, "provider_error", "failed"),
         ("redirect", 502, "provider_error", "failed"),
+        ("http429", 503, "provider_unavailable", "failed"),
+        ("http503", 503, "provider_unavailable", "failed"),
         ("http500", 504, "provider_timeout", "unknown"),
+        ("http503-html", 504, "provider_timeout", "unknown"),
         ("html", 504, "provider_timeout", "unknown"),
         ("garbage", 504, "provider_timeout", "unknown"),
         ("drop", 504, "provider_timeout", "unknown"),
@@ -139,6 +142,10 @@ async def test_provider_failure_modes(
         assert stored["status"] == message_status
     if mode == "error":
         assert "Insufficient balance" in body["detail"]
+    if code == "provider_unavailable":  # busy in its own words: nothing taken, refunded
+        assert "busy" in body["detail"] and resp.headers["Retry-After"]
+        usage = await (await client.get("/usage", headers=SEND)).json()
+        assert usage["day"]["used"] == 0 and all(m["cost"] == 0 for m in body["messages"])
 
 
 @pytest.mark.parametrize(
