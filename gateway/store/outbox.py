@@ -9,7 +9,7 @@ from typing import Any
 
 from ..clock import iso, parse_iso
 from .db import Row, Sql, Store, Tx
-from .shared import LOCK_BATCH, append_event
+from .shared import append_event
 
 
 async def team_callback_url(tx: Tx, team_id: str) -> str | None:
@@ -53,10 +53,12 @@ async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
 
 
 async def lock_batch(tx: Tx, batch_id: str) -> None:
-    """Make this transaction and any other that locks the batch take turns (PostgreSQL; on
-    SQLite every write transaction already excludes the others)."""
+    """Make this transaction and any other that locks the batch take turns: a batch's
+    settlement and its delivery reports, so that a report arriving on another replica while
+    the batch settles is either applied by the settlement or finds its message settled
+    (PostgreSQL; on SQLite every write transaction already excludes the others)."""
     if tx.dialect == "postgresql":
-        await tx.execute(LOCK_BATCH, (batch_id,))
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (batch_id,))
 
 
 async def insert_report(

@@ -62,7 +62,7 @@ $$;
 
 -- A batch whose messages all went out (`sent`, no error, no Idempotency-Key to answer) settles
 -- in one call: the same rows and counters as messages.settle_rows, with the batch's lock (see
--- shared.LOCK_BATCH) taken first. Anything that needs more (a delivery report already waiting
+-- outbox.lock_batch) taken first. Anything that needs more (a delivery report already waiting
 -- for the batch, a row not `sending` under this owner) raises GW409 and changes nothing; the
 -- gateway then settles the batch the general way.
 CREATE FUNCTION gateway_settle_sent(
