@@ -15,7 +15,7 @@ from gateway import quota, reports, settlement
 from gateway.store import Store, make_store, outbox, teams
 from gateway.store import messages as store_messages
 from gateway.store.db import Tx
-from gateway.store.errors import Duplicate, NotFound, SchemaTooNew
+from gateway.store.errors import DatabaseUnreachable, Duplicate, NotFound, SchemaTooNew
 
 from .conftest import plain_batch, query
 
@@ -198,3 +198,50 @@ async def test_webhooks_claimed_through_two_stores_are_claimed_once(
     claimed = [hook.id for batch_ in claims for hook in batch_]
     assert sorted(claimed) == [f"whk_{n:03d}" for n in range(60)]  # each once, none left
     assert all(hook.secret == "whsec_x" for batch_ in claims for hook in batch_)
+
+
+@pytest.mark.postgresql
+async def test_a_read_cancelled_midway_leaves_the_pool_usable(database: str) -> None:
+    """A request cancelled while its query runs (a client gone, a timeout) must not hand the
+    next request a connection still in the middle of that query."""
+    from gateway.store.postgres import PostgresStore
+
+    store = PostgresStore(database, pool_size=1)
+    await store.open()
+    try:
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await store.fetchone("SELECT pg_sleep(2)")
+            row = await store.fetchone("SELECT 41 + 1 AS answer")
+            assert row is not None and row["answer"] == 42
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgresql
+async def test_a_connection_whose_backend_was_ended_is_not_pooled_again(database: str) -> None:
+    """PostgreSQL ending a backend (a restart, an administrator) fails the query running on it;
+    that connection must be dropped, not handed to the next request half-way through an error."""
+    from gateway.store.postgres import PostgresStore
+
+    store = PostgresStore(database, pool_size=1)
+    await store.open()
+    name = database.rsplit("/", 1)[1]
+    try:
+        for work in (store.fetchone, store.run, store.call) * 2:
+            running = asyncio.ensure_future(work("SELECT pg_sleep(1) AS slept"))
+            await asyncio.sleep(0.2)
+            query(
+                database,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = ? AND pid <> pg_backend_pid()",
+                name,
+            )
+            with contextlib.suppress(DatabaseUnreachable):  # a write may not be retried
+                await running
+            for _ in range(3):
+                row = await store.fetchone("SELECT 41 + 1 AS answer")
+                assert row is not None and row["answer"] == 42
+    finally:
+        await store.close()

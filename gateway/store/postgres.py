@@ -42,10 +42,17 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,  # the driver lost track of the protocol on this connection
 )
 # Failing to connect at all: also the server refusing this database (it is being dropped or
 # does not accept connections now).
 UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+# How a block on a pooled connection can end that leaves the connection unfit for the next one.
+BROKEN: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    DatabaseUnreachable,
+    asyncio.CancelledError,
+)
 CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
@@ -176,8 +183,18 @@ class PostgresStore(Store):
             raise _NoConnection(str(exc) or type(exc).__name__) from None
         try:
             yield conn
-        finally:
+        except BROKEN:
+            # The connection broke, or an operation on it stopped midway: it may be in the
+            # middle of the protocol (the pool does not reset connections, see _keep), so it
+            # is closed rather than handed to the next request.
+            with contextlib.suppress(asyncpg.InterfaceError):  # closed and released already
+                conn.terminate()
             await self._pool.release(conn)
+            raise
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        await self._pool.release(conn)
 
     async def write(self, fn: Write[T], *args: Any) -> T:
         """Run `await fn(tx, *args)` in one transaction. A connection lost before COMMIT was
@@ -246,8 +263,9 @@ class PostgresStore(Store):
 
 async def _keep(_conn: Connection) -> None:
     """A connection going back to the pool needs no reset: the gateway keeps no session state
-    on it (no LISTEN, no session advisory lock, no SET; transactions end before release).
-    asyncpg's default reset is one more round trip each time, three a send."""
+    on it (no LISTEN, no session advisory lock, no SET; transactions end before release), and
+    one that broke or was interrupted is closed instead (_connection). asyncpg's default reset
+    is one more round trip each time, three a send."""
 
 
 async def _migrate(conn: Connection) -> None:
