@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ from .auth import Authenticator
 from .callbacks import GuardedResolver
 from .clock import Clock, iso, utcnow
 from .dashboard import setup_dashboard
+from .dispatch import Dispatcher
 from .dlrtoken import DlrTokens
 from .errors import problem_for
 from .ids import lowest_ulid
@@ -189,7 +191,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[WORKER] = worker
     catch_up = CatchUp()
-    app[SEND] = SendContext(
+    send_context = SendContext(
         settings=settings,
         store=store,
         provider=provider,
@@ -202,7 +204,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         webhooks_queued=worker.wake,
         metrics=app[METRICS],
     )
+    dispatcher = Dispatcher(send_context)
+    app[SEND] = replace(send_context, queue_accepted=dispatcher.wake)
     worker.start()
+    dispatcher.start()
     housekeeping = asyncio.get_running_loop().create_task(_housekeeping(app))
     try:
         yield
@@ -210,6 +215,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
+        await dispatcher.stop(grace=settings.provider_timeout)
         await catch_up.stop()
         await worker.stop()
         await lease.stop()

@@ -74,6 +74,27 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Queued and scheduled messages waiting to be sent, by status",
+            ["status"],
+            registry=r,
+        )
+        self.queue_oldest_due_age = Gauge(
+            "gateway_queue_oldest_due_age_seconds",
+            "How long the oldest due queued message has waited past its due time (0: none)",
+            registry=r,
+        )
+        self.queue_calls = Counter(
+            "gateway_queue_provider_calls",
+            "Provider calls made for queued messages (their rate is the dispatch rate)",
+            registry=r,
+        )
+        self.queue_retries = Counter(
+            "gateway_queue_retries",
+            "Queued provider calls the provider certainly did not take, to be tried again",
+            registry=r,
+        )
         self.dlrs = Counter(
             "gateway_dlr_received",
             "Delivery reports received",

@@ -12,7 +12,7 @@ from .ids import ulid
 from .store.db import Row, Tx
 from .store.outbox import NewWebhook, insert_webhook, team_callback_url
 
-WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed"})
+WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed", "expired", "canceled"})
 
 
 def _after(at: str, seconds: float) -> str:

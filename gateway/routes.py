@@ -12,6 +12,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/messages", messages.create_message)
     app.router.add_get("/messages", messages.list_messages, allow_head=False)
     app.router.add_get("/messages/{id}", messages.get_message, allow_head=False)
+    app.router.add_post("/messages/{id}/cancel", messages.cancel_one)
+    app.router.add_post("/batches/{batch_id}/cancel", messages.cancel_many)
     app.router.add_post("/api/v2/sms/send", compat.send_compat)
     app.router.add_get("/usage", usage.get_usage, allow_head=False)
     app.router.add_get("/admin/usage", usage.get_billing, allow_head=False)

@@ -120,6 +120,7 @@ class SendContext:
     box: SecretBox | None = None  # seals drop-in clients' DLR passwords
     webhooks_queued: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
+    queue_accepted: Callable[[], None] = lambda: None  # wakes this process's dispatcher
 
 
 async def send(
@@ -139,12 +140,13 @@ async def send(
     this answer is kept in the transaction that settles the messages.
     """
     now = ctx.clock()
+    batch = _new_batch(ctx, team_id, request, now, client_dlr)
+    accepted = _accepted_answer(batch) if batch.queued else None
     claim = None
     if idempotency_key is not None:
         claim = store_messages.IdempotencyClaim(
-            idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL)
+            idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL), accepted
         )
-    batch = _new_batch(ctx, team_id, request, now, client_dlr)
     try:
         reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
     except store_messages.TeamInactive:
@@ -158,6 +160,10 @@ async def send(
     if reserved is not None:
         ctx.metrics.quota_rejections.labels(team_id, reserved.quota).inc()
         raise _quota_error(reserved, now, ctx.tz)
+    if accepted is not None:  # queued: stored with its reservation; the dispatcher sends it
+        ctx.metrics.messages.labels(batch.status).inc(len(batch.messages))
+        ctx.queue_accepted()
+        return _to_answer(accepted)
     # From here the messages are `sending` under this process's lease: every path settles them.
     outcomes, results = await _call_provider(ctx, batch, request)
     answer_for = _answer_builder(batch.batch_id, results)
@@ -219,6 +225,15 @@ def _new_batch(
     """The batch to store: one message per recipient, each reserving the estimated cost."""
     day, month = periods(now, ctx.tz)
     per_message_cost = request.info.segments * ctx.settings.price_per_segment
+    queued: dict[str, Any] = {}
+    if request.queue:
+        due = request.send_at or now
+        validity = request.validity or ctx.settings.queue_validity
+        queued = {
+            "status": "scheduled" if due > now else "queued",
+            "due_at": iso(due),
+            "expires_at": iso(due + timedelta(seconds=validity)),
+        }
     return store_messages.Batch(
         batch_id="bat_" + ulid(now),
         team_id=team_id,
@@ -237,7 +252,20 @@ def _new_batch(
             for r in request.recipients
         ],
         client_dlr=client_dlr,
+        **queued,
     )
+
+
+def _accepted_answer(batch: store_messages.Batch) -> KeyAnswer:
+    """A queued send's 202: the 201's body, its messages `queued` or `scheduled`."""
+    messages = store_messages.as_queued(batch)
+    body = {
+        "batch_id": batch.batch_id,
+        "messages": messages,
+        "total_cost": sum(m["cost"] for m in messages),
+        "currency": "RWF",
+    }
+    return KeyAnswer(202, JSON, dumps(body))
 
 
 async def _call_provider(

@@ -78,6 +78,8 @@ class Settings:
     log_level: str = "INFO"
     retention_days: int | None = None
     database_busy_timeout: float = 10.0
+    provider_max_rate: float | None = None  # provider calls/s for queued sends, all replicas
+    queue_validity: int = 86400  # seconds a queued message may wait before it expires
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -195,6 +197,13 @@ class Settings:
             )
         if self.database_busy_timeout <= 0:
             raise ConfigError("GATEWAY_DATABASE_BUSY_TIMEOUT must be positive")
+        if self.provider_max_rate is not None and not 0 < self.provider_max_rate <= 10000:
+            raise ConfigError(
+                "GATEWAY_PROVIDER_MAX_RATE must be a number of calls per second above 0 "
+                "(at most 10000), or unset for no limit"
+            )
+        if self.queue_validity < 1:
+            raise ConfigError("GATEWAY_QUEUE_VALIDITY must be a whole number of seconds, 1 or more")
 
     @classmethod
     def from_env(
@@ -283,7 +292,9 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             continue  # GATEWAY_* variables the gateway does not know are ignored, like any env
         if key == "retention_days":
             out[key] = None if str(value).strip() == "" else _as_number(key, value, int)
-        elif key in ("port", "provider_batch_size", "price_per_segment"):
+        elif key == "provider_max_rate":
+            out[key] = None if str(value).strip() == "" else _as_number(key, value, float)
+        elif key in ("port", "provider_batch_size", "price_per_segment", "queue_validity"):
             out[key] = _as_number(key, value, int)
         elif key in (
             "provider_timeout",

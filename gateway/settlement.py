@@ -105,8 +105,9 @@ async def _settle(
     applied = 0
     if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
         applied = await reports.apply_pending(tx, batch.batch_id, at, webhook_delay)
-    if applied or len(changed) != len(batch.messages):
-        # Early delivery reports, or an earlier settlement, moved rows on: read them as stored.
+    if applied or batch.queued or len(changed) != len(batch.messages):
+        # Early delivery reports or an earlier settlement moved rows on, or the messages waited
+        # in the queue first (their timeline is longer): read them as stored.
         messages = await store_messages.batch_messages(tx, batch.team_id, batch.batch_id)
     else:
         messages = store_messages.as_settled(batch, outcomes)

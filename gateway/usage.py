@@ -13,6 +13,7 @@ from .clock import periods
 from .errors import ValidationFailed
 from .quota import remaining
 from .store import Store
+from .store.queue import reserved
 from .store.teams import Team
 from .store.usage import TeamMonth, month_report, period_usage
 
@@ -25,6 +26,8 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
     day, month = periods(now, tz)
     used = await period_usage(store, team.id, [day, month])
     d, m = used[day], used[month]
+    # Queued and scheduled messages count in `used` from acceptance; this much of it waits.
+    in_day, in_month = await reserved(store, team.id, day, month)
     return {
         "team": team.id,
         "timezone": tz.key,
@@ -34,6 +37,7 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
             "limit": team.daily_limit,
             "used": d.segments,
             "remaining": remaining(team.daily_limit, d.segments),
+            "reserved": in_day.segments,
         },
         "month": {
             "period": month,
@@ -43,6 +47,8 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
             "budget": team.monthly_budget,
             "cost": m.cost,
             "budget_remaining": remaining(team.monthly_budget, m.cost),
+            "reserved": in_month.segments,
+            "reserved_cost": in_month.cost,
         },
     }
 

@@ -7,15 +7,23 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import callbacks, numbers, segments
+from .clock import utcnow
 from .errors import InvalidRecipient, ValidationFailed
 from .settings import Settings
 
 MAX_RECIPIENTS = 1000
 MAX_SEGMENTS = 10
-SEND_FIELDS = frozenset({"to", "text", "sender", "reference", "callback_url"})
+SEND_FIELDS = frozenset(
+    {"to", "text", "sender", "reference", "callback_url", "queue", "send_at", "validity_period"}
+)
+MAX_SCHEDULE_AHEAD = timedelta(days=35)
+# A send_at this far in the past is taken as "now" (the client's clock may lag the gateway's);
+# further back it is refused, as it is most likely a mistake.
+SEND_AT_SLACK = timedelta(minutes=1)
 _ALPHA_SENDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .\-&_]{0,10}")
 _NUMERIC_SENDER = re.compile(r"\+?[0-9]{1,15}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -50,6 +58,9 @@ class SendRequest:
     sender: str | None
     reference: str | None
     callback_url: str | None
+    queue: bool = False  # accepted now, sent by the dispatcher
+    send_at: datetime | None = None  # scheduled: not before this (implies queue)
+    validity: int | None = None  # seconds a queued message may wait once due (None: the default)
 
 
 def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
@@ -88,10 +99,10 @@ def check_callback_url(
     return value
 
 
-def validate(body: Any, settings: Settings) -> SendRequest:
+def validate(body: Any, settings: Settings, now: datetime | None = None) -> SendRequest:
     """Check a POST /messages body: the send, or one 422 that lists every problem in it
     (unknown fields, each bad recipient, the text, the other fields); its `code` is the
-    first problem's."""
+    first problem's. `now` bounds `send_at` (the real clock by default)."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
     problems: list[ValidationFailed | InvalidRecipient] = []
@@ -121,6 +132,7 @@ def validate(body: Any, settings: Settings) -> SendRequest:
             _optional_string(body, "callback_url", 2048), callback_guard(settings)
         )
     )
+    queued = check(lambda: _queueing(body, settings, now or utcnow()))
     if problems:
         first = problems[0]
         raise type(first)(
@@ -128,9 +140,78 @@ def validate(body: Any, settings: Settings) -> SendRequest:
             code=first.code,
             extra={"errors": [e for p in problems for e in p.extra.get("errors", [])]},
         )
-    assert recipients is not None and counted is not None
+    assert recipients is not None and counted is not None and queued is not None
     text, info = counted
-    return SendRequest(recipients, text, info, sender, reference, callback_url)
+    queue, send_at, validity = queued
+    return SendRequest(
+        recipients, text, info, sender, reference, callback_url, queue, send_at, validity
+    )
+
+
+def _queueing(
+    body: Mapping[str, Any], settings: Settings, now: datetime
+) -> tuple[bool, datetime | None, int | None]:
+    """`queue`, `send_at` and `validity_period`: whether the send is queued, from when, and for
+    how long it may wait (every problem among them in one 422)."""
+    problems: list[ValidationFailed] = []
+    queue = body.get("queue")
+    if queue is not None and not isinstance(queue, bool):
+        problems.append(_field_error("queue", "must be true or false"))
+    send_at = None
+    raw = body.get("send_at")
+    if raw is not None:
+        try:
+            send_at = _send_at(raw, now)
+        except ValidationFailed as exc:
+            problems.append(exc)
+        if queue is False:
+            problems.append(
+                _field_error("queue", "must not be false with send_at (a scheduled send is queued)")
+            )
+    validity = body.get("validity_period")
+    if validity is not None:
+        limit = settings.queue_validity
+        if (
+            isinstance(validity, bool)
+            or not isinstance(validity, int)
+            or not 1 <= validity <= limit
+        ):
+            problems.append(
+                _field_error(
+                    "validity_period", f"must be a whole number of seconds from 1 to {limit}"
+                )
+            )
+        elif not queue and raw is None:
+            problems.append(
+                _field_error(
+                    "validity_period",
+                    'applies to queued sends only: add "queue": true or "send_at"',
+                )
+            )
+    if problems:
+        raise ValidationFailed(
+            "; ".join(p.detail for p in problems),
+            code=problems[0].code,
+            extra={"errors": [e for p in problems for e in p.extra["errors"]]},
+        )
+    return queue is True or send_at is not None, send_at, validity
+
+
+def _send_at(raw: Any, now: datetime) -> datetime:
+    reason = "must be an RFC 3339 time with an offset, e.g. 2026-11-27T08:00:00+02:00"
+    if not isinstance(raw, str) or "T" not in raw.upper():
+        raise _field_error("send_at", reason)
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise _field_error("send_at", reason) from None
+    if value.tzinfo is None:
+        raise _field_error("send_at", reason)
+    if value < now - SEND_AT_SLACK:
+        raise _field_error("send_at", "is in the past")
+    if value > now + MAX_SCHEDULE_AHEAD:
+        raise _field_error("send_at", "is more than 35 days ahead")
+    return max(value, now)
 
 
 def _recipients(raw_to: Any, settings: Settings) -> list[str]:

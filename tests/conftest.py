@@ -226,6 +226,7 @@ class FakeProvider:
 
     mode: str = "success"
     calls: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each call's arrival
     failed_suffix: str = "13"
     charge_failed: bool = False
     cost: Any = 75
@@ -260,6 +261,7 @@ class FakeProvider:
             await asyncio.gather(*list(self._tasks))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.times.append(time.monotonic())
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append(form)
         if self.delay:

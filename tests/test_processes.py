@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.store.migrations import MIGRATIONS
+
 from .conftest import (
     POSTGRES,
     FakeProvider,
@@ -207,7 +209,7 @@ async def test_processes_starting_together_on_a_new_database(
                 finally:
                     for s in starts:
                         await s.__aexit__(None, None, None)
-            assert rows(database, version) == [(8,)]
+            assert rows(database, version) == [(len(MIGRATIONS),)]
         finally:
             if database_kind == "postgresql":
                 drop_postgres_database(POSTGRES, database)

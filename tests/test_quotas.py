@@ -150,7 +150,13 @@ async def test_usage_shape_and_unlimited(make_client: ClientFactory) -> None:
         "team": "payments",
         "timezone": "Africa/Kigali",
         "currency": "RWF",
-        "day": {"period": "2026-11-24", "limit": 1000, "used": 2, "remaining": 998},
+        "day": {
+            "period": "2026-11-24",
+            "limit": 1000,
+            "used": 2,
+            "remaining": 998,
+            "reserved": 0,
+        },
         "month": {
             "period": "2026-11",
             "limit": 20000,
@@ -159,10 +165,18 @@ async def test_usage_shape_and_unlimited(make_client: ClientFactory) -> None:
             "budget": 500000,
             "cost": 150,
             "budget_remaining": 499850,
+            "reserved": 0,
+            "reserved_cost": 0,
         },
     }
     alerts = await usage(client, auth(mint("alerts", "messages:read")))
-    assert alerts["day"] == {"period": "2026-11-24", "limit": None, "used": 0, "remaining": None}
+    assert alerts["day"] == {
+        "period": "2026-11-24",
+        "limit": None,
+        "used": 0,
+        "remaining": None,
+        "reserved": 0,
+    }
     assert alerts["month"]["budget_remaining"] is None and alerts["month"]["cost"] == 0
     await problem(await client.get("/usage", headers=auth(mint("ghost"))), 403, "unknown_team")
 

@@ -14,6 +14,10 @@ COLOURS = {
     "failed": "#c62828",
     "unknown": "#6a1b9a",
     "sending": "#90a4ae",
+    "queued": "#f9a825",
+    "scheduled": "#fbc02d",
+    "expired": "#795548",
+    "canceled": "#a1887f",
     "used": "#1565c0",
 }
 

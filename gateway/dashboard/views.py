@@ -12,12 +12,13 @@ from aiohttp import web
 from aiohttp_session import new_session
 
 from .. import numbers
-from ..clock import parse_iso, periods
+from ..clock import iso, parse_iso, periods
 from ..errors import GatewayError, NotFound, Unauthenticated
 from ..ids import lowest_ulid
 from ..keys import AUTH, CLOCK, METRICS, SETTINGS, STORE, TEAMS, TIMEZONE, WORKER
 from ..store import dashboard as store_dashboard
-from ..store import outbox
+from ..store import outbox, rows
+from ..store import queue as store_queue
 from ..store import teams as store_teams
 from ..store.messages import ListFilter
 from ..store.usage import day_cost, period_usage
@@ -27,8 +28,8 @@ from ..validation import callback_guard
 from . import charts
 from .session import context, form_with_csrf, require_session, signed_in, start
 
-STATUSES = ("sending", "sent", "delivered", "undelivered", "failed", "unknown")
-FINAL = ("delivered", "undelivered", "failed")
+STATUSES = rows.STATUSES
+FINAL = ("delivered", "undelivered", "failed", "expired", "canceled")
 PAGE = 50
 TEAM_FORM_FIELDS = (
     "name",
@@ -150,6 +151,8 @@ async def overview(request: web.Request) -> web.Response:
             series[status][index[hour]] += n
     labels = [parse_iso(h + ":00:00Z").astimezone(tz).strftime("%H:00") for h in hours]
     hooks = await outbox.webhook_counts(store)
+    queue = await store_queue.stats(store, iso(now))
+    oldest = queue.oldest_due_at
     return await _page(
         request,
         "overview.html",
@@ -164,6 +167,10 @@ async def overview(request: web.Request) -> web.Response:
             "provider": _provider_stats(request),
             "webhooks": {"pending": hooks.get("pending", 0), "failed": hooks.get("failed", 0)},
             "unmatched": await store_dashboard.unmatched_reports(store),
+            "queue": {
+                "depth": queue.depth,
+                "age": (now - parse_iso(oldest)).total_seconds() if oldest else None,
+            },
             "chart": charts.stacked_bars(
                 labels,
                 {s: v for s, v in series.items() if any(v)} or {"sent": [0] * 24},

@@ -9,15 +9,17 @@ from aiohttp import web
 
 from .. import numbers
 from ..clock import parse_iso
+from ..dispatch import cancel_batch, cancel_message
 from ..errors import NotFound, ValidationFailed
 from ..ids import lowest_ulid
-from ..keys import SEND, SETTINGS, STORE
+from ..keys import CLOCK, SEND, SETTINGS, STORE
 from ..sending import send
 from ..store import messages as store_messages
+from ..store import rows
 from ..validation import check_idempotency_key, request_hash, validate
 from .common import json_response, read_json, team_for
 
-STATUSES = frozenset({"sending", "sent", "failed", "unknown", "delivered", "undelivered"})
+STATUSES = frozenset(rows.STATUSES)
 LIST_PARAMS = frozenset(
     {"status", "to", "reference", "batch_id", "created_after", "created_before", "limit", "cursor"}
 )
@@ -28,7 +30,7 @@ async def create_message(request: web.Request) -> web.Response:
     team = await team_for(request, "messages:send")
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     body = await read_json(request)
-    send_request = validate(body, request.app[SETTINGS])
+    send_request = validate(body, request.app[SETTINGS], request.app[CLOCK]())
     answer = await send(
         request.app[SEND],
         team.id,
@@ -54,6 +56,20 @@ async def get_message(request: web.Request) -> web.Response:
     if found is None:
         raise NotFound(f"no message {message_id!r}", code="message_not_found")
     return json_response(found)
+
+
+async def cancel_one(request: web.Request) -> web.Response:
+    """Cancel one of the team's messages that has not been handed to the provider."""
+    team = await team_for(request, "messages:send")
+    return json_response(await cancel_message(request.app[SEND], team.id, request.match_info["id"]))
+
+
+async def cancel_many(request: web.Request) -> web.Response:
+    """Cancel what of one of the team's batches has not been handed to the provider."""
+    team = await team_for(request, "messages:send")
+    return json_response(
+        await cancel_batch(request.app[SEND], team.id, request.match_info["batch_id"])
+    )
 
 
 def _bad_param(name: str, reason: str) -> ValidationFailed:

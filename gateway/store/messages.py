@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import quota
 from . import outbox
-from .db import Sql, Store, Tx
+from .db import Row, Sql, Store, Tx
 from .errors import DatabaseBusy, Refused
 from .rows import message_object, resource
 from .shared import append_event
@@ -41,6 +41,14 @@ class Batch:
     created_at: str
     messages: Sequence[NewMessage]
     client_dlr: str | None = None  # JSON: where a drop-in provider client wants its DLRs
+    status: str = "sending"  # or, for a queued send, `queued` / `scheduled`
+    due_at: str | None = None  # queued: not sent before this
+    expires_at: str | None = None  # queued: `expired` if still unsent then
+
+    @property
+    def queued(self) -> bool:
+        """Whether the dispatcher sends these messages (not the request that stores them)."""
+        return self.status != "sending"
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class IdempotencyClaim:
     key: str
     request_hash: str
     live_after: str  # keys created before this instant have expired
+    answer: KeyAnswer | None = None  # known at once (a queued send's 202): stored as the key's
 
 
 @dataclass(frozen=True)
@@ -128,17 +137,29 @@ async def _reserve(
     if not isinstance(checked, quota.Limits):
         return checked
     if claim is not None:
+        answer = claim.answer
         await tx.execute(
             "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
-            " owner) VALUES (?, ?, ?, ?, 'in_flight', ?, ?)",
-            (batch.team_id, claim.key, claim.request_hash, batch.batch_id, batch.created_at, owner),
+            " owner, status, content_type, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                batch.team_id,
+                claim.key,
+                claim.request_hash,
+                batch.batch_id,
+                "in_flight" if answer is None else "done",
+                batch.created_at,
+                owner if answer is None else None,
+                answer.status if answer else None,
+                answer.content_type if answer else None,
+                answer.body.decode() if answer else None,
+            ),
         )
-    events = json.dumps([{"status": "sending", "at": batch.created_at}])
+    events = json.dumps([{"status": batch.status, "at": batch.created_at}])
     await tx.executemany(
         "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
         " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-        " created_at, events, client_dlr, owner)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 m.id,
@@ -149,6 +170,7 @@ async def _reserve(
                 batch.sender,
                 batch.reference,
                 batch.callback_url,
+                batch.status,
                 m.segments,
                 batch.encoding,
                 m.segments,
@@ -158,7 +180,10 @@ async def _reserve(
                 batch.created_at,
                 events,
                 batch.client_dlr,
-                owner,
+                None if batch.queued else owner,
+                batch.due_at,
+                batch.due_at,
+                batch.expires_at,
             )
             for m in batch.messages
         ],
@@ -172,17 +197,18 @@ async def _reserve(
     return None
 
 
-# PostgreSQL: the same rules in one call of the schema's gateway_reserve() (postgres_8.sql),
+# PostgreSQL: the same rules in one call of the schema's gateway_reserve() (postgres_9.sql),
 # which holds the team's counter rows only from its conditional UPDATEs to its own COMMIT; a
 # send that fits costs one round trip, and the reads that explain a refusal come after.
-_RESERVE_CALL = "SELECT gateway_reserve(" + ", ".join("?" * 22) + ")"
+_RESERVE_CALL = "SELECT gateway_reserve(" + ", ".join("?" * 28) + ")"
 RACE_RETRIES = 20
 
 
 async def _reserve_on_postgres(
     store: Store, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
-    events = json.dumps([{"status": "sending", "at": batch.created_at}])
+    events = json.dumps([{"status": batch.status, "at": batch.created_at}])
+    answer = claim.answer if claim else None
     params = (
         batch.team_id,
         batch.month,
@@ -206,6 +232,12 @@ async def _reserve_on_postgres(
         batch.encoding,
         events,
         batch.client_dlr,
+        batch.status,
+        batch.due_at,
+        batch.expires_at,
+        answer.status if answer else None,
+        answer.content_type if answer else None,
+        answer.body.decode() if answer else None,
     )
     for _ in range(RACE_RETRIES):
         try:
@@ -344,6 +376,32 @@ _SETTLE_OWNED = _settle_statement("status = 'sending' AND owner = ?9")
 _SETTLE_CAUGHT_UP = _settle_statement("status = 'unknown' AND error_code = ?9")
 
 
+def as_queued(batch: Batch) -> list[dict[str, Any]]:
+    """A queued batch's messages as its reservation stores them (the 202 built from memory)."""
+    return [
+        message_object(
+            id=m.id,
+            batch_id=batch.batch_id,
+            to=m.recipient,
+            text=batch.text,
+            sender=batch.sender,
+            reference=batch.reference,
+            status=batch.status,
+            segments=m.segments,
+            encoding=batch.encoding,
+            cost=m.cost,
+            provider_message_id=None,
+            error_code=None,
+            error_detail=None,
+            created_at=batch.created_at,
+            sent_at=None,
+            completed_at=None,
+            events=[{"status": batch.status, "at": batch.created_at}],
+        )
+        for m in batch.messages
+    ]
+
+
 def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     """The batch's messages as these outcomes leave them (the answer built from memory)."""
     reserved = {m.id: m for m in batch.messages}
@@ -480,6 +538,13 @@ async def forget_expired_keys(store: Store, live_after: str, chunk: int = 2000) 
         deleted += count
         if count < chunk:
             return deleted
+
+
+async def get_row(tx: Tx, team_id: str, message_id: str) -> Row | None:
+    """One of the team's message rows, in a transaction (another team's id is None)."""
+    return await tx.fetchone(
+        "SELECT * FROM messages WHERE id = ? AND team_id = ?", (message_id, team_id)
+    )
 
 
 async def get_message(store: Store, team_id: str, message_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,8 @@ CHUNK = 2000
 
 # Each statement deletes at most one chunk of old rows, oldest first, walking an index (or the
 # rowid, which grows with time), so a write never holds the database for long. Webhooks still
-# pending are kept, and so are their messages (a delivery may still need them). Usage
+# pending are kept, and so are their messages (a delivery may still need them), and so are
+# messages still waiting in the queue (a send_at may be weeks ahead). Usage
 # counters are never touched: billing for an old month still answers.
 _STATEMENTS = (
     (
@@ -19,6 +20,7 @@ _STATEMENTS = (
     (
         "messages",
         "DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m WHERE m.id < ?"
+        " AND m.status NOT IN ('queued', 'scheduled')"
         " AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.message_id = m.id)"
         " ORDER BY m.id LIMIT ?)",
     ),

@@ -8,6 +8,20 @@ import aiosqlite
 
 from ..jsonio import loads
 
+# Every status a message can have, in the order a timeline goes through them.
+STATUSES = (
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "unknown",
+    "expired",
+    "canceled",
+)
+
 
 def message_object(
     *,

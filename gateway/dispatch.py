@@ -1,0 +1,375 @@
+"""The dispatcher: sends queued and scheduled messages when they are due, paced to the
+provider's rate across every process, and ends what waited too long or was canceled.
+
+Ownership is the leases': a due message is claimed (`queued` → `sending` under this process's
+lease) in the write right before its provider call, so from the claim on it settles exactly as
+a direct send does, and if this process dies mid-call the sweep moves it to `unknown`. A call
+the provider certainly did not take puts its messages back (`queued`, with backoff); one it
+may have taken never goes out again.
+
+Pacing (GATEWAY_PROVIDER_MAX_RATE) is a shared slot in the database (`dispatch_pace`): every
+dispatcher takes the next slot, one every 1/rate seconds, before it claims; so no second holds
+more queued calls than the rate, however many processes dispatch. Direct sends never take a
+slot and never wait for the queue: the rate is the queue's alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import logs, settlement
+from .clock import iso, parse_iso
+from .errors import Conflict, NotFound
+from .notify import queue_webhook
+from .sending import SendContext
+from .store import messages as store_messages
+from .store import queue as store_queue
+from .store.db import Row, Tx
+from .store.messages import Batch, NewMessage
+from .store.rows import resource
+
+log = logging.getLogger("gateway.dispatch")
+
+POLL_SECONDS = 1.0  # how often the queue is looked at without a wake-up (other replicas, send_at)
+CONCURRENCY = 4  # queued provider calls in flight per process
+BACKOFF_CAP = 30.0  # seconds: messages go out within a minute of the provider coming back
+PACE_MARGIN = 1.02  # slots slightly longer than 1/rate: request times jitter on their way
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait before trying a call again after `attempts` certain refusals."""
+    base = min(BACKOFF_CAP, 2.0 ** max(0, attempts - 1))
+    return base * random.uniform(0.8, 1.0)
+
+
+def _batch(rows: Sequence[Row]) -> Batch:
+    """The claimed messages of one batch, as the settlement takes them."""
+    first = rows[0]
+    return Batch(
+        batch_id=first["batch_id"],
+        team_id=first["team_id"],
+        text=first["text"],
+        sender=first["sender"],
+        reference=first["reference"],
+        callback_url=first["callback_url"],
+        encoding=first["encoding"],
+        day=first["day"],
+        month=first["month"],
+        created_at=first["created_at"],
+        messages=[
+            NewMessage(r["id"], r["recipient"], r["charged_segments"], r["cost"]) for r in rows
+        ],
+        status="queued",
+    )
+
+
+async def end_waiting(
+    tx: Tx, rows: Sequence[Row], status: str, at: str, code: str, detail: str, delay: float
+) -> tuple[list[dict[str, Any]], int]:
+    """End waiting messages unsent (`expired` or `canceled`), refunded, with their webhooks
+    queued in the same transaction; the messages changed and the webhooks queued."""
+    ended = await store_queue.end_unsent(tx, rows, status, at, code, detail)
+    callback = {r["id"]: (r["team_id"], r["callback_url"]) for r in rows}
+    team_urls: dict[str, str | None] = {}
+    queued = 0
+    for message in ended:
+        team_id, url = callback[message["id"]]
+        queued += await queue_webhook(tx, team_id, message, url, at, delay, team_urls)
+    return ended, queued
+
+
+EXPIRED_DETAIL = "the message was not sent before its validity period ended; it is refunded"
+
+
+async def _expire(tx: Tx, now: str, delay: float) -> tuple[list[dict[str, Any]], int]:
+    rows = await store_queue.expiring(tx, now)
+    if not rows:
+        return [], 0
+    return await end_waiting(tx, rows, "expired", now, "expired", EXPIRED_DETAIL, delay)
+
+
+class Dispatcher:
+    """Sends this process's share of the queue until stopped."""
+
+    def __init__(self, ctx: SendContext) -> None:
+        self._ctx = ctx
+        rate = ctx.settings.provider_max_rate
+        self._interval = PACE_MARGIN / rate if rate else 0.0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._calls: set[asyncio.Task[None]] = set()
+        self._paused_until = 0.0  # monotonic: the provider refused; wait before the next call
+        self._task: asyncio.Task[None] | None = None
+        self._expired_at = -1.0  # monotonic: the last look for expired messages
+
+    def start(self) -> None:
+        """Run in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def wake(self) -> None:
+        """Something was queued here: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Claim nothing more; give calls in flight `grace` seconds to finish and settle (what
+        is still in flight then is left to the lease's sweep, as `unknown`)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._calls:
+            _, pending = await asyncio.wait(list(self._calls), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early for a new queued send (since the last look) or a stop."""
+        if seconds > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wait = await self._dispatch()
+                failures = 0
+            except Exception as exc:  # a busy or lost database: try again shortly
+                failures += 1
+                wait = min(BACKOFF_CAP, 0.5 * 2**failures)
+                log.warning("dispatcher: %s; trying again in %.1f s", exc, wait)
+            await self._sleep(wait)
+
+    async def expire(self) -> int:
+        """End every waiting message whose validity is over; how many."""
+        ctx = self._ctx
+        ended, webhooks = await ctx.store.write(
+            _expire, iso(ctx.clock()), ctx.settings.webhook_retry_schedule[0]
+        )
+        if ended:
+            ctx.metrics.messages.labels("expired").inc(len(ended))
+            logs.note("queued messages expired", messages=len(ended))
+        if webhooks:
+            ctx.webhooks_queued()
+        return len(ended)
+
+    async def _dispatch(self) -> float:
+        """Send due messages while there are any; the seconds until the queue needs a look."""
+        ctx = self._ctx
+        while not self._stopping:
+            if time.monotonic() - self._expired_at >= POLL_SECONDS:
+                await self.expire()
+                self._expired_at = time.monotonic()
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                return pause
+            now = ctx.clock()
+            due = await store_queue.next_attempt(ctx.store)
+            if due is None:
+                return POLL_SECONDS
+            if due > iso(now):
+                return min(POLL_SECONDS, _seconds_until(due, now))
+            await self._gate.acquire()
+            try:
+                if self._interval:
+                    await self._sleep_exactly(
+                        await store_queue.pace(ctx.store, self._interval, time.time())
+                    )
+                if self._stopping:
+                    break
+                rows = await ctx.store.write(
+                    store_queue.claim_due,
+                    ctx.owner,
+                    iso(ctx.clock()),
+                    ctx.settings.provider_batch_size,
+                )
+            except BaseException:
+                self._gate.release()
+                raise
+            if not rows:  # another process took them first
+                self._gate.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._send(rows))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+        return 0.0
+
+    async def _sleep_exactly(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def _send(self, rows: list[Row]) -> None:
+        try:
+            await self._call_and_settle(rows)
+        except Exception:
+            log.exception("dispatcher: batch %s failed after its claim", rows[0]["batch_id"])
+        finally:
+            self._gate.release()
+
+    async def _call_and_settle(self, rows: list[Row]) -> None:
+        ctx = self._ctx
+        batch = _batch(rows)
+        try:
+            dlrurl = f"{ctx.settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
+        except Exception:
+            log.exception("dispatcher: batch %s could not be prepared", batch.batch_id)
+            await self._requeue(rows, 1.0, "gateway_error", "the gateway failed before the call")
+            return
+        try:
+            result = await ctx.provider.send(
+                [m.recipient for m in batch.messages],
+                batch.text,
+                sender=batch.sender or ctx.settings.provider_sender,
+                dlrurl=dlrurl,
+            )
+        except Exception:  # handed over: the provider may have acted
+            log.exception("dispatcher: batch %s failed around the provider call", batch.batch_id)
+            at = iso(ctx.clock())
+            detail = "the gateway failed after handing the send to the provider"
+            outcomes = [settlement.unknown(m, at, "gateway_error", detail) for m in batch.messages]
+        else:
+            if result.failure == "unavailable":
+                attempts = 1 + max(int(r["attempts"]) for r in rows)
+                delay = backoff(attempts)
+                self._paused_until = max(self._paused_until, time.monotonic() + delay)
+                ctx.metrics.queue_retries.inc()
+                await self._requeue(
+                    rows, delay, "provider_unavailable", result.detail or "the provider is busy"
+                )
+                return
+            at = iso(ctx.clock())
+            outcomes = [settlement.outcome(m, result, at) for m in batch.messages]
+        ctx.metrics.queue_calls.inc()
+        delay = ctx.settings.webhook_retry_schedule[0]
+
+        async def write() -> None:
+            settled = await settlement.settle(
+                ctx.store, ctx.owner, batch, outcomes, webhook_delay=delay
+            )
+            if settled.webhooks_queued:
+                ctx.webhooks_queued()
+            for o in outcomes:
+                ctx.metrics.messages.labels(o.status).inc()
+
+        try:
+            await write()
+        except Exception as exc:  # the rows stay `sending` under this lease meanwhile
+            log.warning("batch %s: %s; its outcome is stored when it can be", batch.batch_id, exc)
+            ctx.catch_up.add(write, f"the outcome of queued batch {batch.batch_id}")
+        logs.note(
+            "queued batch sent",
+            batch_id=batch.batch_id,
+            team=batch.team_id,
+            recipients=len(batch.messages),
+            outcome=",".join(sorted({o.status for o in outcomes})),
+        )
+
+    async def _requeue(self, rows: list[Row], delay: float, code: str, detail: str) -> None:
+        ctx = self._ctx
+        retry_at = iso(ctx.clock() + timedelta(seconds=delay))
+
+        async def write() -> None:
+            await ctx.store.write(store_queue.requeue, ctx.owner, rows, retry_at, code, detail)
+
+        try:
+            await write()
+        except Exception as exc:
+            log.warning("could not put batch %s back yet: %s", rows[0]["batch_id"], exc)
+            ctx.catch_up.add(write, f"the return of batch {rows[0]['batch_id']} to the queue")
+        log.info(
+            "provider did not take queued batch %s (%s); trying again in %.1f s",
+            rows[0]["batch_id"],
+            detail,
+            delay,
+        )
+
+
+def _seconds_until(at: str, now: datetime) -> float:
+    return max(0.0, (parse_iso(at) - now).total_seconds())
+
+
+CANCELED_DETAIL = "canceled by the team before it was handed to the provider; it is refunded"
+
+
+async def _cancel(
+    tx: Tx, team_id: str, column: str, value: str, at: str, delay: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Cancel the team's waiting messages whose `column` (id or batch_id) is `value`: the
+    messages canceled, the matching messages as they now stand, the webhooks queued."""
+    where = f"team_id = ? AND {column} = ?"
+    rows = await store_queue.waiting_rows(tx, where, (team_id, value), limit=MAX_BATCH)
+    ended, webhooks = await end_waiting(
+        tx, rows, "canceled", at, "canceled", CANCELED_DETAIL, delay
+    )
+    if column == "id":
+        found = await store_messages.get_row(tx, team_id, value)
+        return ended, [resource(found)] if found else [], webhooks
+    return ended, await store_messages.batch_messages(tx, team_id, value), webhooks
+
+
+MAX_BATCH = 1000  # recipients in one send, so messages in one batch
+
+
+async def cancel_message(ctx: SendContext, team_id: str, message_id: str) -> dict[str, Any]:
+    """Cancel one waiting message of the team: the message, `canceled` and refunded. NotFound
+    for another team's (or no) message; Conflict if it was already handed over or is final."""
+    ended, found, webhooks = await ctx.store.write(
+        _cancel, team_id, "id", message_id, iso(ctx.clock()), ctx.settings.webhook_retry_schedule[0]
+    )
+    if not found:
+        raise NotFound(f"no message {message_id!r}", code="message_not_found")
+    if not ended:
+        raise Conflict(
+            f"message {message_id!r} is {found[0]['status']}: only a queued or scheduled "
+            "message can be canceled",
+            code="not_cancelable",
+            extra={"message_status": found[0]["status"]},
+        )
+    _canceled(ctx, len(ended), webhooks)
+    return found[0]
+
+
+async def cancel_batch(ctx: SendContext, team_id: str, batch_id: str) -> dict[str, Any]:
+    """Cancel every waiting message of one of the team's batches: the batch as it now stands
+    (`canceled` counts what this call canceled). NotFound for another team's (or no) batch;
+    Conflict if none of its messages could still be canceled."""
+    ended, messages, webhooks = await ctx.store.write(
+        _cancel,
+        team_id,
+        "batch_id",
+        batch_id,
+        iso(ctx.clock()),
+        ctx.settings.webhook_retry_schedule[0],
+    )
+    if not messages:
+        raise NotFound(f"no batch {batch_id!r}", code="batch_not_found")
+    if not ended:
+        raise Conflict(
+            f"batch {batch_id!r} has no queued or scheduled message left to cancel",
+            code="not_cancelable",
+        )
+    _canceled(ctx, len(ended), webhooks)
+    return {
+        "batch_id": batch_id,
+        "canceled": len(ended),
+        "messages": messages,
+        "total_cost": sum(m["cost"] for m in messages),
+        "currency": "RWF",
+    }
+
+
+def _canceled(ctx: SendContext, count: int, webhooks: int) -> None:
+    ctx.metrics.messages.labels("canceled").inc(count)
+    if webhooks:
+        ctx.webhooks_queued()

@@ -1,0 +1,208 @@
+"""The queue of accepted sends: claiming due messages, putting them back, ending them unsent,
+the dispatchers' shared pace, and what the queue holds."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Row, Sql, Store, Tx
+from .messages import UsageDelta, bump
+from .rows import resource
+from .shared import append_event
+
+WAITING = ("queued", "scheduled")
+_WAITING_SQL = "('queued', 'scheduled')"
+
+# The batch of the oldest due message, then up to ?5 of that batch's due messages, moved to
+# `sending` under the dispatcher's lease: from here they are handed to the provider at once,
+# and settle (or are swept to `unknown`) exactly as a direct send's are. On PostgreSQL, rows
+# another replica is claiming are skipped, not waited for.
+_OLDEST_DUE = Sql(
+    sqlite=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608 - fixed SQL fragments only
+    " AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY next_attempt_at, id LIMIT 1",
+    postgresql=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+    " AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY next_attempt_at, id LIMIT 1"
+    " FOR UPDATE SKIP LOCKED",
+)
+_CLAIM = Sql(
+    *(
+        f"UPDATE messages SET status = 'sending', owner = ?2, events = {append}"  # noqa: S608
+        f" WHERE status IN {_WAITING_SQL} AND id IN (SELECT id FROM messages"
+        f" WHERE team_id = ?3 AND batch_id = ?4 AND status IN {_WAITING_SQL}"
+        f" AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY id LIMIT ?5{lock}) RETURNING *"
+        for append, lock in zip(
+            append_event("'sending'", "?1"), ("", " FOR UPDATE SKIP LOCKED"), strict=True
+        )
+    )
+)
+
+
+async def claim_due(tx: Tx, owner: str, now: str, limit: int) -> list[Row]:
+    """Claim up to `limit` due, unexpired messages of one batch (the oldest due first) for
+    `owner` to hand to the provider now; their rows as claimed (oldest id first)."""
+    oldest = await tx.fetchone(_OLDEST_DUE, (now,))
+    if oldest is None:
+        return []
+    rows = await tx.fetchall(_CLAIM, (now, owner, oldest["team_id"], oldest["batch_id"], limit))
+    return sorted(rows, key=lambda r: r["id"])
+
+
+async def requeue(
+    tx: Tx, owner: str, rows: Sequence[Row], retry_at: str, code: str, detail: str
+) -> int:
+    """Put claimed messages back in the queue (the provider certainly did not take them), to
+    be tried again from `retry_at`; their timeline loses the `sending` the claim added and their
+    `error` says why they wait. How many were still `owner`'s to put back."""
+    moved = 0
+    for row in rows:
+        events = json.loads(row["events"])[:-1]
+        moved += await tx.execute(
+            "UPDATE messages SET status = 'queued', owner = NULL, next_attempt_at = ?,"
+            " events = ?, error_code = ?, error_detail = ?, attempts = attempts + 1"
+            " WHERE id = ? AND status = 'sending' AND owner = ?",
+            (retry_at, json.dumps(events), code, detail, row["id"], owner),
+        )
+    return moved
+
+
+_END_UNSENT = Sql(
+    *(
+        "UPDATE messages SET status = ?1, charged_segments = 0, cost = 0, completed_at = ?2,"  # noqa: S608
+        f" error_code = ?3, error_detail = ?4, client_dlr = NULL, events = {append}"
+        f" WHERE id = ?5 AND status IN {_WAITING_SQL}"
+        for append in append_event("?1", "?2")
+    )
+)
+
+
+async def end_unsent(
+    tx: Tx, rows: Sequence[Row], status: str, at: str, code: str, detail: str
+) -> list[dict[str, Any]]:
+    """End waiting messages without sending them (`expired` or `canceled`): each is refunded
+    its reservation, in this transaction. The messages changed, as the API now shows them (one
+    that left the queue meanwhile is left alone)."""
+    ended: list[dict[str, Any]] = []
+    deltas: dict[str, dict[str, UsageDelta]] = defaultdict(lambda: defaultdict(UsageDelta))
+    for row in sorted(rows, key=lambda r: r["id"]):
+        if not await tx.execute(_END_UNSENT, (status, at, code, detail, row["id"])):
+            continue
+        for period in (row["day"], row["month"]):
+            d = deltas[row["team_id"]][period]
+            d.messages -= int(row["charged_segments"] > 0 or row["cost"] > 0)
+            d.segments -= row["charged_segments"]
+            d.cost -= row["cost"]
+        changed = dict(resource(row))
+        changed.update(
+            status=status,
+            cost=0,
+            completed_at=at,
+            error={"code": code, "detail": detail},
+            events=[*changed["events"], {"status": status, "at": at}],
+        )
+        ended.append(changed)
+    for team_id in sorted(deltas):  # every writer locks counters in the same order
+        await bump(tx, team_id, deltas[team_id])
+    return ended
+
+
+_LOCK = Sql(sqlite="", postgresql=" FOR UPDATE")
+
+
+async def waiting_rows(tx: Tx, where: str, params: Sequence[Any], limit: int = 500) -> list[Row]:
+    """Waiting messages matching `where` (fixed SQL with placeholders), locked on PostgreSQL."""
+    return await tx.fetchall(
+        Sql(
+            *(
+                f"SELECT * FROM messages WHERE status IN {_WAITING_SQL} AND {where}"  # noqa: S608
+                f" ORDER BY id LIMIT {int(limit)}{lock}"
+                for lock in _LOCK
+            )
+        ),
+        params,
+    )
+
+
+async def expiring(tx: Tx, now: str, limit: int = 500) -> list[Row]:
+    """Waiting messages whose validity ended at or before `now`."""
+    return await waiting_rows(tx, "expires_at <= ?", (now,), limit)
+
+
+async def pace(store: Store, interval: float, now: float) -> float:
+    """Take the next slot of the shared pace (one provider call every `interval` seconds,
+    whichever process makes it); the seconds to wait until it starts. On PostgreSQL the
+    database's clock decides, so replicas on hosts whose clocks differ still keep the pace."""
+    if store.kind == "postgresql":
+        row = await store.call(
+            "UPDATE dispatch_pace SET next_at = GREATEST(next_at,"
+            " EXTRACT(EPOCH FROM clock_timestamp())::float8) + ?1"
+            " WHERE id = 1 RETURNING next_at - ?1 - EXTRACT(EPOCH FROM clock_timestamp())::float8"
+            " AS wait",
+            (interval,),
+        )
+        return max(0.0, float(row["wait"])) if row else 0.0
+    return float(await store.write(_pace_sqlite, interval, now))
+
+
+async def _pace_sqlite(tx: Tx, interval: float, now: float) -> float:
+    row = await tx.fetchone("SELECT next_at FROM dispatch_pace WHERE id = 1")
+    start = max(now, float(row["next_at"]) if row else 0.0)
+    await tx.execute("UPDATE dispatch_pace SET next_at = ? WHERE id = 1", (start + interval,))
+    return start - now
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What waits in the queue: messages by status, and when the longest-waiting one that is
+    due became due (None if none is due yet)."""
+
+    depth: dict[str, int]
+    oldest_due_at: str | None
+
+
+async def stats(store: Store, now: str) -> QueueStats:
+    """The queue's depth by status, and the oldest due message's due time."""
+    rows = await store.fetchall(
+        f"SELECT status, COUNT(*) AS n FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+        " GROUP BY status"
+    )
+    depth = dict.fromkeys(WAITING, 0)
+    depth.update({r["status"]: int(r["n"]) for r in rows})
+    oldest = await store.fetchone(
+        f"SELECT MIN(due_at) AS due_at FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+        " AND due_at <= ?",
+        (now,),
+    )
+    return QueueStats(depth, oldest["due_at"] if oldest else None)
+
+
+async def next_attempt(store: Store) -> str | None:
+    """When the dispatcher may next take a waiting message (None if nothing waits)."""
+    row = await store.fetchone(
+        f"SELECT next_attempt_at FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+        " ORDER BY next_attempt_at, id LIMIT 1"
+    )
+    return row["next_attempt_at"] if row else None
+
+
+async def reserved(
+    store: Store, team_id: str, day: str, month: str
+) -> tuple[UsageDelta, UsageDelta]:
+    """What the team's waiting messages hold reserved in `day` and in `month`."""
+    rows = await store.fetchall(
+        "SELECT day, month, COUNT(*) AS n, SUM(charged_segments) AS segments, SUM(cost) AS cost"  # noqa: S608
+        f" FROM messages WHERE team_id = ? AND status IN {_WAITING_SQL} AND month = ?"
+        " GROUP BY day, month",
+        (team_id, month),
+    )
+    in_day, in_month = UsageDelta(), UsageDelta()
+    for r in rows:
+        for total, match in ((in_day, r["day"] == day), (in_month, True)):
+            if match:
+                total.messages += int(r["n"])
+                total.segments += int(r["segments"] or 0)
+                total.cost += int(r["cost"] or 0)
+    return in_day, in_month
