@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -142,6 +143,29 @@ async def test_the_overview_shows_what_the_api_answers(
         assert await shown.figure(scope, "delivery-rate") == "50.0 %"  # 2 of 4 final
     assert await shown.figure("#month", "cost") == f"{billing['totals']['cost']} RWF"
     assert "Messages created in the last 24 hours" in await shown.page.inner_html("main")
+
+
+async def test_the_overview_shows_the_queue(
+    browser: tuple[Browser, Client], provider: FakeProvider
+) -> None:
+    shown, client = browser
+    await create_team(client, "payments")
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    resp = await client.post(
+        "/messages",
+        json={"to": ["0788000001", "0788000002"], "text": "later", "send_at": later},
+        headers=auth(mint("payments")),
+    )
+    assert resp.status == 202, await resp.text()
+    listed = await client.get("/messages?status=scheduled", headers=auth(mint("payments")))
+    scheduled = len((await listed.json())["data"])
+    await shown.sign_in()
+    assert await shown.figure("#queue", "queue-scheduled") == str(scheduled) == "2"
+    assert await shown.figure("#queue", "queue-queued") == "0"
+    assert await shown.figure("#queue", "queue-age") == "\u2013"  # nothing is due yet (an en dash)
+    await shown.page.click("#queue >> text=Scheduled")
+    assert "status=scheduled" in shown.page.url
+    assert await shown.page.locator("main .status.scheduled").count() >= 2
 
 
 async def test_a_team_form_changes_what_the_api_answers(
