@@ -11,6 +11,10 @@ With a PostgreSQL server (`--postgres`, on by default at 127.0.0.1:5432), the sa
 drives a gateway on a throwaway PostgreSQL database in the same alternating rounds (one replica),
 then two replicas on that database sharing the load, then preloads it with as many messages as
 the SQLite one and measures the `GET /messages` page there too.
+
+Last, a gateway with GATEWAY_PROVIDER_MAX_RATE drains a queue of 10,000 messages while direct
+sends run (bench/drain.py): the rate held, duplicates, and the direct sends' p99 against theirs
+with no queue.
 """
 
 from __future__ import annotations
@@ -547,6 +551,21 @@ async def _measure(
             )
             big = await big_send(f"http://127.0.0.1:{full_port}", headers)
             rss = max(peak_rss_mb(empty_gateway.pid), peak_rss_mb(full_gateway.pid))
+            from bench.drain import drain_runs  # (it builds on this module's helpers)
+
+            print("draining queues ...", file=sys.stderr, flush=True)
+            drain = await drain_runs(
+                Path(tmp),
+                provider_port,
+                free_port(),
+                headers,
+                rate=options.drain_rate,
+                messages=1000 if options.smoke else options.drain_messages,
+                rounds=max(1, min(options.rounds, 3)),
+                concurrency=n,
+                seconds=seconds,
+                log_level=level,
+            )
     forwarder, empty, full = (median_round(results[k]) for k in ("forwarder", "empty", "full"))
     ratios = paired(results["empty"], results["forwarder"], lambda r: r.rate)
     p99_ratios = paired(results["empty"], results["forwarder"], lambda r: r.pct(0.99))
@@ -581,6 +600,8 @@ async def _measure(
                 f"{pg_page.pct(0.99):.1f} ms",
             ),
         ]
+    for line in drain.lines():
+        print(line)
     print(f"preload of {options.preload:,} messages took {preload_seconds:.0f} s")
     print(
         f"1,000-recipient send (10 provider calls): median {statistics.median(big) * 1000:.0f}"
@@ -601,11 +622,12 @@ async def _measure(
         ("1,000 recipients <= 0.5 s", max(big) <= 0.5, f"{max(big) * 1000:.0f} ms"),
         ("peak RSS <= 150 MB", rss <= 150, f"{rss:.0f} MB"),
         *pg_targets,
+        *drain.targets(),
     ]
     print("targets:")
     for name, met, figure in targets:
         print(f"  {'MET   ' if met else 'MISSED'} {name:<36} {figure}")
-    errors = sum(r.errors for r in (forwarder, empty, full, page))
+    errors = sum(r.errors for r in (forwarder, empty, full, page, *drain.alone, *drain.with_queue))
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
         return 1
@@ -640,6 +662,18 @@ def main() -> None:
             "GATEWAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
         help="PostgreSQL server for the replica runs (a throwaway database); 'off' skips them",
+    )
+    parser.add_argument(
+        "--drain-rate",
+        type=float,
+        default=10.0,
+        help="GATEWAY_PROVIDER_MAX_RATE of the queue drain run (provider calls a second)",
+    )
+    parser.add_argument(
+        "--drain-messages",
+        type=int,
+        default=10_000,
+        help="messages queued in each round of the drain run (100 a provider call)",
     )
     parser.add_argument(
         "--smoke",

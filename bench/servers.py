@@ -7,22 +7,42 @@ JSON in, a form post to the provider, JSON out; no auth, no storage.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import sys
+import time
 
 import aiohttp
 from aiohttp import web
 
 from gateway.loop import install_fast_loop
 
+QUEUED_TEXT = "Queued notice"  # the text the drain bench queues: its calls are recorded
+
 
 def provider_app() -> web.Application:
-    """A provider that charges 75 RWF and never sends delivery reports."""
+    """A provider that charges 75 RWF and never sends delivery reports. Calls carrying
+    QUEUED_TEXT are recorded (arrival time, recipients) for `GET /stats`."""
     ids = itertools.count(1)
+    times: list[float] = []
+    seen: collections.Counter[str] = collections.Counter()
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "times": times,
+                "recipients": sum(seen.values()),
+                "duplicates": sum(n - 1 for n in seen.values() if n > 1),
+            }
+        )
 
     async def send(request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         form = await request.post()
         recipients = str(form.get("recipients", "")).split(",")
+        if form.get("message") == QUEUED_TEXT:
+            times.append(arrived)
+            seen.update(recipients)
         response = [
             {"status": "sent", "messageid": str(next(ids)), "recipient": r, "cost": 75}
             for r in recipients
@@ -39,6 +59,7 @@ def provider_app() -> web.Application:
 
     app = web.Application()
     app.router.add_post("/api/v2/sms/send", send)
+    app.router.add_get("/stats", stats)
     return app
 
 

@@ -40,7 +40,8 @@ log = logging.getLogger("gateway.dispatch")
 POLL_SECONDS = 1.0  # how often the queue is looked at without a wake-up (other replicas, send_at)
 CONCURRENCY = 4  # queued provider calls in flight per process
 BACKOFF_CAP = 30.0  # seconds: messages go out within a minute of the provider coming back
-PACE_MARGIN = 1.02  # slots slightly longer than 1/rate: request times jitter on their way
+CONTENDED_SECONDS = 0.02  # a look found work that another process claimed first: look again soon
+PACE_MARGIN = 1.03  # slots slightly longer than 1/rate: request times jitter on their way
 
 
 def backoff(attempts: int) -> float:
@@ -175,39 +176,42 @@ class Dispatcher:
             if pause > 0:
                 return pause
             now = ctx.clock()
-            due = await store_queue.next_attempt(ctx.store)
+            due = await store_queue.next_attempt(ctx.store, iso(now))
             if due is None:
                 return POLL_SECONDS
             if due > iso(now):
                 return min(POLL_SECONDS, _seconds_until(due, now))
             await self._gate.acquire()
             try:
-                if self._interval:
-                    await self._sleep_exactly(
-                        await store_queue.pace(ctx.store, self._interval, time.time())
-                    )
-                if self._stopping:
-                    break
                 rows = await ctx.store.write(
                     store_queue.claim_due,
                     ctx.owner,
                     iso(ctx.clock()),
                     ctx.settings.provider_batch_size,
                 )
+                if rows and self._interval:
+                    # The turn is taken after the claim, so nothing but this sleep stands
+                    # between the agreed start and the call: the calls' gaps hold as planned.
+                    await asyncio.sleep(await self._turn(rows))
             except BaseException:
                 self._gate.release()
                 raise
-            if not rows:  # another process took them first
+            if not rows:  # another process took them first (or they expired meanwhile)
                 self._gate.release()
-                continue
+                return CONTENDED_SECONDS
             task = asyncio.get_running_loop().create_task(self._send(rows))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         return 0.0
 
-    async def _sleep_exactly(self, seconds: float) -> None:
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+    async def _turn(self, rows: list[Row]) -> float:
+        """Seconds until these claimed messages' call may start (the shared pace); if the
+        pace cannot be read, they go back to the queue unsent."""
+        try:
+            return await store_queue.pace(self._ctx.store, self._interval, time.time())
+        except Exception:
+            await self._requeue(rows, 1.0, "gateway_error", "the gateway could not take its turn")
+            raise
 
     async def _send(self, rows: list[Row]) -> None:
         try:

@@ -44,6 +44,8 @@ def test_harness_smoke_run() -> None:
         "GET /messages page",
         "1,000-recipient send",
         "gateway peak RSS",
+        "direct sends while 1,000 queued drain",
+        "queue drain: 1,000 messages in 10 calls",
         "targets:",
     ):
         assert line in out, out

@@ -24,9 +24,12 @@ _WAITING_SQL = "('queued', 'scheduled')"
 _OLDEST_DUE = Sql(
     sqlite=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608 - fixed SQL fragments only
     " AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY next_attempt_at, id LIMIT 1",
+    # one replica claims a batch at a time (so a batch goes out in as few calls as it can):
+    # a batch another replica is claiming is skipped, as its locked rows are below
     postgresql=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
-    " AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY next_attempt_at, id LIMIT 1"
-    " FOR UPDATE SKIP LOCKED",
+    " AND next_attempt_at <= ?1 AND expires_at > ?1"
+    " AND pg_try_advisory_xact_lock(hashtext('queue:' || batch_id))"
+    " ORDER BY next_attempt_at, id LIMIT 1",
 )
 _CLAIM = Sql(
     *(
@@ -179,11 +182,13 @@ async def stats(store: Store, now: str) -> QueueStats:
     return QueueStats(depth, oldest["due_at"] if oldest else None)
 
 
-async def next_attempt(store: Store) -> str | None:
-    """When the dispatcher may next take a waiting message (None if nothing waits)."""
+async def next_attempt(store: Store, now: str) -> str | None:
+    """When the dispatcher may next take a waiting message that has not expired by `now`
+    (None if nothing waits)."""
     row = await store.fetchone(
         f"SELECT next_attempt_at FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
-        " ORDER BY next_attempt_at, id LIMIT 1"
+        " AND expires_at > ? ORDER BY next_attempt_at, id LIMIT 1",
+        (now,),
     )
     return row["next_attempt_at"] if row else None
 
