@@ -7,10 +7,13 @@ a direct send does, and if this process dies mid-call the sweep moves it to `unk
 the provider certainly did not take puts its messages back (`queued`, with backoff); one it
 may have taken never goes out again.
 
-Pacing (GATEWAY_PROVIDER_MAX_RATE) is a shared slot in the database (`dispatch_pace`): every
-dispatcher takes the next slot, one every 1/rate seconds, before it claims; so no second holds
-more queued calls than the rate, however many processes dispatch. Direct sends never take a
-slot and never wait for the queue: the rate is the queue's alone.
+Pacing (GATEWAY_PROVIDER_MAX_RATE): one process at a time is the dispatcher, named in the
+database (`dispatcher`, a claim renewed every second and lapsing after a few); it starts each
+queued call at least 1/rate seconds after the previous one actually started, by its own
+monotonic clock, so no second holds more queued calls than the rate. The others only take
+over when it stops or dies (after waiting a second, so the pace holds across the handover).
+Without a rate every process dispatches. Direct sends never wait for the queue: the rate is
+the queue's alone.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ log = logging.getLogger("gateway.dispatch")
 POLL_SECONDS = 1.0  # how often the queue is looked at without a wake-up (other replicas, send_at)
 CONCURRENCY = 4  # queued provider calls in flight per process
 BACKOFF_CAP = 30.0  # seconds: messages go out within a minute of the provider coming back
+LEAD_RENEW = 1.0  # seconds between renewals of the dispatcher's role while it works
 CONTENDED_SECONDS = 0.02  # a look found work that another process claimed first: look again soon
-PACE_MARGIN = 1.03  # slots slightly longer than 1/rate: request times jitter on their way
+PACE_MARGIN = 1.02  # gaps slightly longer than 1/rate: requests jitter on their way there
 
 
 def backoff(attempts: int) -> float:
@@ -109,6 +113,10 @@ class Dispatcher:
         self._calls: set[asyncio.Task[None]] = set()
         self._paused_until = 0.0  # monotonic: the provider refused; wait before the next call
         self._task: asyncio.Task[None] | None = None
+        self._leading = False  # this process is the dispatcher (with a rate)
+        self._led_at = -LEAD_RENEW  # monotonic: the role's last renewal
+        self._last_start = -1e9  # monotonic: when the last queued call started
+        self._lead_seconds = max(5.0, 2 * self._interval + 2)
         self._expired_at = -1.0  # monotonic: the last look for expired messages
 
     def start(self) -> None:
@@ -132,6 +140,25 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._leading:
+            try:
+                await store_queue.resign(self._ctx.store, self._ctx.owner)
+            except Exception as exc:  # it lapses by itself
+                log.warning("could not hand the dispatcher's role over: %s", exc)
+
+    async def _lead(self) -> bool:
+        """Whether this process is the dispatcher (taking or renewing the role as needed)."""
+        now = time.monotonic()
+        if self._leading and now - self._led_at < LEAD_RENEW:
+            return True
+        ctx = self._ctx
+        leading = await store_queue.lead(ctx.store, ctx.owner, self._lead_seconds, time.time())
+        if leading and not self._leading:
+            # whoever dispatched before may have just made a call: the first one waits a second
+            self._last_start = time.monotonic() + 1.0 - self._interval
+            log.info("this process now dispatches the queue")
+        self._leading, self._led_at = leading, now
+        return leading
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early for a new queued send (since the last look) or a stop."""
@@ -175,6 +202,8 @@ class Dispatcher:
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 return pause
+            if self._interval and not await self._lead():
+                return POLL_SECONDS
             now = ctx.clock()
             due = await store_queue.next_attempt(ctx.store, iso(now))
             if due is None:
@@ -188,11 +217,15 @@ class Dispatcher:
                     ctx.owner,
                     iso(ctx.clock()),
                     ctx.settings.provider_batch_size,
+                    bool(self._interval),
                 )
                 if rows and self._interval:
-                    # The turn is taken after the claim, so nothing but this sleep stands
-                    # between the agreed start and the call: the calls' gaps hold as planned.
-                    await asyncio.sleep(await self._turn(rows))
+                    # Paced from when the last call really started, right before this one
+                    # starts: a late call pushes the next one back rather than crowding it.
+                    wait = self._last_start + self._interval - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._last_start = time.monotonic()
             except BaseException:
                 self._gate.release()
                 raise
@@ -203,15 +236,6 @@ class Dispatcher:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         return 0.0
-
-    async def _turn(self, rows: list[Row]) -> float:
-        """Seconds until these claimed messages' call may start (the shared pace); if the
-        pace cannot be read, they go back to the queue unsent."""
-        try:
-            return await store_queue.pace(self._ctx.store, self._interval, time.time())
-        except Exception:
-            await self._requeue(rows, 1.0, "gateway_error", "the gateway could not take its turn")
-            raise
 
     async def _send(self, rows: list[Row]) -> None:
         try:

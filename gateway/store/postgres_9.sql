@@ -10,11 +10,12 @@ CREATE INDEX messages_next_attempt ON messages(next_attempt_at, id)
 CREATE INDEX messages_waiting_due ON messages(due_at) WHERE status IN ('queued', 'scheduled');
 CREATE INDEX messages_expiring ON messages(expires_at) WHERE status IN ('queued', 'scheduled');
 
-CREATE TABLE dispatch_pace (
-    id      INTEGER PRIMARY KEY CHECK (id = 1),
-    next_at DOUBLE PRECISION NOT NULL
+CREATE TABLE dispatcher (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT COLLATE "C",
+    until  DOUBLE PRECISION NOT NULL
 );
-INSERT INTO dispatch_pace (id, next_at) VALUES (1, 0);
+INSERT INTO dispatcher (id, holder, until) VALUES (1, NULL, 0);
 
 DROP FUNCTION gateway_reserve(TEXT, TEXT, TEXT, BIGINT, BIGINT, BIGINT, TEXT, TEXT, TEXT, TEXT,
     TEXT, TEXT[], TEXT[], INTEGER[], BIGINT[], TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT);

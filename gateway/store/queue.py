@@ -44,9 +44,12 @@ _CLAIM = Sql(
 )
 
 
-async def claim_due(tx: Tx, owner: str, now: str, limit: int) -> list[Row]:
+async def claim_due(tx: Tx, owner: str, now: str, limit: int, leading: bool = False) -> list[Row]:
     """Claim up to `limit` due, unexpired messages of one batch (the oldest due first) for
-    `owner` to hand to the provider now; their rows as claimed (oldest id first)."""
+    `owner` to hand to the provider now; their rows as claimed (oldest id first). With
+    `leading`, only while `owner` is still the dispatcher."""
+    if leading and not await holds_lead(tx, owner):
+        return []
     oldest = await tx.fetchone(_OLDEST_DUE, (now,))
     if oldest is None:
         return []
@@ -134,27 +137,34 @@ async def expiring(tx: Tx, now: str, limit: int = 500) -> list[Row]:
     return await waiting_rows(tx, "expires_at <= ?", (now,), limit)
 
 
-async def pace(store: Store, interval: float, now: float) -> float:
-    """Take the next slot of the shared pace (one provider call every `interval` seconds,
-    whichever process makes it); the seconds to wait until it starts. On PostgreSQL the
-    database's clock decides, so replicas on hosts whose clocks differ still keep the pace."""
+_LEAD = (
+    "UPDATE dispatcher SET holder = ?1, until = {now} + ?2 WHERE id = 1 AND (holder = ?1"
+    " OR holder IS NULL OR until < {now} OR holder NOT IN (SELECT id FROM processes))"
+)
+
+
+async def lead(store: Store, me: str, seconds: float, now: float) -> bool:
+    """Take (or keep) the dispatcher's role for `seconds`: True if `me` holds it now. It is
+    free when no one holds it, its holder let it lapse, or its holder's lease is gone. On
+    PostgreSQL the database's clock decides, so replicas whose clocks differ agree."""
     if store.kind == "postgresql":
-        row = await store.call(
-            "UPDATE dispatch_pace SET next_at = GREATEST(next_at,"
-            " EXTRACT(EPOCH FROM clock_timestamp())::float8) + ?1"
-            " WHERE id = 1 RETURNING next_at - ?1 - EXTRACT(EPOCH FROM clock_timestamp())::float8"
-            " AS wait",
-            (interval,),
-        )
-        return max(0.0, float(row["wait"])) if row else 0.0
-    return float(await store.write(_pace_sqlite, interval, now))
+        sql = _LEAD.format(now="EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        return bool(await store.run(sql, (me, seconds)))
+    return bool(await store.run(_LEAD.format(now="?3"), (me, seconds, now)))
 
 
-async def _pace_sqlite(tx: Tx, interval: float, now: float) -> float:
-    row = await tx.fetchone("SELECT next_at FROM dispatch_pace WHERE id = 1")
-    start = max(now, float(row["next_at"]) if row else 0.0)
-    await tx.execute("UPDATE dispatch_pace SET next_at = ? WHERE id = 1", (start + interval,))
-    return start - now
+async def resign(store: Store, me: str) -> None:
+    """Give the dispatcher's role up (another process may take it at once)."""
+    await store.run(
+        "UPDATE dispatcher SET holder = NULL, until = 0 WHERE id = 1 AND holder = ?", (me,)
+    )
+
+
+async def holds_lead(tx: Tx, me: str) -> bool:
+    """Whether `me` is still the dispatcher (inside the claim's transaction)."""
+    return (
+        await tx.fetchone("SELECT 1 FROM dispatcher WHERE id = 1 AND holder = ?", (me,)) is not None
+    )
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ CREATE INDEX messages_next_attempt ON messages(next_attempt_at, id) WHERE status
 CREATE INDEX messages_waiting_due ON messages(due_at) WHERE status IN ('queued', 'scheduled');
 CREATE INDEX messages_expiring ON messages(expires_at) WHERE status IN ('queued', 'scheduled');
 
--- The dispatchers' shared pace: the earliest moment (epoch seconds) the next queued provider
--- call may start, whichever process makes it.
-CREATE TABLE dispatch_pace (
-    id      INTEGER PRIMARY KEY CHECK (id = 1),
-    next_at REAL NOT NULL
+-- With GATEWAY_PROVIDER_MAX_RATE, one process at a time sends the queue and paces it: this row
+-- names it (a process of `processes`) and how long its claim runs (epoch seconds).
+CREATE TABLE dispatcher (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT,
+    until  REAL NOT NULL
 );
-INSERT INTO dispatch_pace (id, next_at) VALUES (1, 0);
+INSERT INTO dispatcher (id, holder, until) VALUES (1, NULL, 0);
