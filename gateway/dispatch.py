@@ -8,9 +8,10 @@ the provider certainly did not take puts its messages back (`queued`, with backo
 may have taken never goes out again.
 
 Pacing (GATEWAY_PROVIDER_MAX_RATE): one process at a time is the dispatcher, named in the
-database (`dispatcher`, a claim renewed every second and lapsing after a few); it starts each
-queued call at least 1/rate seconds after the previous one actually started, by its own
-monotonic clock, so no second holds more queued calls than the rate. The others only take
+database (`dispatcher`, a claim renewed every second and lapsing after a few). It plans its
+calls 1/rate seconds apart and never starts one within a second of the real start of the
+call `rate` calls back (`_window_turn`), by its own monotonic clock: no second holds more
+queued calls than the rate, and a late start does not slow the rest. The others only take
 over when it stops or dies (after waiting a second, so the pace holds across the handover).
 Without a rate every process dispatches. Direct sends never wait for the queue: the rate is
 the queue's alone.
@@ -21,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,7 +48,9 @@ CONCURRENCY = 4  # queued provider calls in flight per process
 BACKOFF_CAP = 30.0  # seconds: messages go out within a minute of the provider coming back
 LEAD_RENEW = 1.0  # seconds between renewals of the dispatcher's role while it works
 CONTENDED_SECONDS = 0.02  # a look found work that another process claimed first: look again soon
-PACE_MARGIN = 1.02  # gaps slightly longer than 1/rate: requests jitter on their way there
+# The calls of any `rate` in a row span at least a second and this much more, measured from
+# their real starts (requests jitter on their way to the provider).
+WINDOW_MARGIN = 0.025
 
 
 def backoff(attempts: int) -> float:
@@ -106,7 +111,10 @@ class Dispatcher:
     def __init__(self, ctx: SendContext) -> None:
         self._ctx = ctx
         rate = ctx.settings.provider_max_rate
-        self._interval = PACE_MARGIN / rate if rate else 0.0
+        self._interval = 1 / rate if rate else 0.0
+        # the real starts of the last floor(rate) calls: the next may not start within a second
+        # of the first of them
+        self._window: deque[float] = deque(maxlen=max(1, math.floor(rate or 1)))
         self._wake = asyncio.Event()
         self._stopping = False
         self._gate = asyncio.Semaphore(CONCURRENCY)
@@ -115,7 +123,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._leading = False  # this process is the dispatcher (with a rate)
         self._led_at = -LEAD_RENEW  # monotonic: the role's last renewal
-        self._last_start = -1e9  # monotonic: when the last queued call started
+        self._next_slot = 0.0  # monotonic: the planned start of the next queued call
         self._lead_seconds = max(5.0, 2 * self._interval + 2)
         self._expired_at = -1.0  # monotonic: the last look for expired messages
 
@@ -155,7 +163,8 @@ class Dispatcher:
         leading = await store_queue.lead(ctx.store, ctx.owner, self._lead_seconds, time.time())
         if leading and not self._leading:
             # whoever dispatched before may have just made a call: the first one waits a second
-            self._last_start = time.monotonic() + 1.0 - self._interval
+            self._next_slot = time.monotonic() + 1.0
+            self._window.clear()
             log.info("this process now dispatches the queue")
         self._leading, self._led_at = leading, now
         return leading
@@ -220,12 +229,7 @@ class Dispatcher:
                     bool(self._interval),
                 )
                 if rows and self._interval:
-                    # Paced from when the last call really started, right before this one
-                    # starts: a late call pushes the next one back rather than crowding it.
-                    wait = self._last_start + self._interval - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._last_start = time.monotonic()
+                    await self._planned_start()
             except BaseException:
                 self._gate.release()
                 raise
@@ -236,6 +240,27 @@ class Dispatcher:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         return 0.0
+
+    async def _planned_start(self) -> None:
+        """Wait for the next call's planned start: 1/rate after the previous one's plan (a late
+        start does not move the plan, so it does not slow the rest)."""
+        now = time.monotonic()
+        start = max(now, self._next_slot)
+        if start > now:
+            await asyncio.sleep(start - now)
+        self._next_slot = start + self._interval
+
+    async def _window_turn(self) -> None:
+        """Right before a call goes out: never within a second (and a margin) of the real start
+        of the call `rate` calls back, so no second holds more than `rate` calls however late
+        some of them started. Checked and noted with nothing in between (no await), in the
+        task that makes the call, so the time noted is when the request is written."""
+        while len(self._window) == self._window.maxlen:
+            wait = self._window[0] + 1.0 + WINDOW_MARGIN - time.monotonic()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._window.append(time.monotonic())
 
     async def _send(self, rows: list[Row]) -> None:
         try:
@@ -254,6 +279,8 @@ class Dispatcher:
             log.exception("dispatcher: batch %s could not be prepared", batch.batch_id)
             await self._requeue(rows, 1.0, "gateway_error", "the gateway failed before the call")
             return
+        if self._interval:
+            await self._window_turn()
         try:
             result = await ctx.provider.send(
                 [m.recipient for m in batch.messages],

@@ -96,3 +96,30 @@ async def test_deletion_goes_a_chunk_at_a_time_and_keeps_pending_deliveries(
         assert len(left) == 1  # the one whose webhook is still pending
     finally:
         await store.close()
+
+
+async def test_messages_still_waiting_in_the_queue_are_kept(tmp_path: Path) -> None:
+    database = str(tmp_path / "gateway.db")
+    store = SqliteStore(database)
+    await store.open()
+    old = datetime.now(UTC) - timedelta(days=40)
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO teams (id, name, webhook_secret, created_at) VALUES ('t', 't', 'x', ?)",
+            (iso(old),),
+        )
+        for n, status in enumerate(("queued", "scheduled", "sent", "expired")):
+            conn.execute(
+                "INSERT INTO messages (id, batch_id, team_id, recipient, text, status, segments,"
+                " encoding, charged_segments, cost, day, month, created_at, events)"
+                " VALUES (?, 'b', 't', '250788000001', 'x', ?, 1, 'gsm7', 1, 75, 'd', 'm', ?,"
+                " '[]')",
+                (f"msg_{lowest_ulid(old)[:-1]}{n}", status, iso(old)),
+            )
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    deleted = await delete_older_than(store, "msg_" + lowest_ulid(cutoff), iso(cutoff))
+    await store.close()
+    assert deleted["messages"] == 2
+    with sqlite3.connect(database) as conn:
+        kept = sorted(r[0] for r in conn.execute("SELECT status FROM messages"))
+    assert kept == ["queued", "scheduled"]
