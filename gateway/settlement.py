@@ -105,9 +105,11 @@ async def _settle(
     applied = 0
     if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
         applied = await reports.apply_pending(tx, batch.batch_id, at, webhook_delay)
-    if applied or batch.queued or len(changed) != len(batch.messages):
-        # Early delivery reports or an earlier settlement moved rows on, or the messages waited
-        # in the queue first (their timeline is longer): read them as stored.
+    failed_from_queue = batch.queued and any(o.status == "failed" for o in outcomes)
+    if applied or failed_from_queue or len(changed) != len(batch.messages):
+        # Early delivery reports or an earlier settlement moved rows on, or a webhook will carry
+        # a message that waited in the queue first (a longer timeline than `as_settled` knows):
+        # read them as stored. (The dispatcher answers nobody with `messages`.)
         messages = await store_messages.batch_messages(tx, batch.team_id, batch.batch_id)
     else:
         messages = store_messages.as_settled(batch, outcomes)

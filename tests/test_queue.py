@@ -246,8 +246,10 @@ async def test_a_call_the_provider_may_have_taken_is_not_retried(
 
 
 async def test_provider_refusing_the_call_fails_it_refunded(
-    client: Client, provider: FakeProvider, database: str
+    make_client: ClientFactory, provider: FakeProvider, receiver: Receiver, database: str
 ) -> None:
+    client = await make_client()
+    await create_team(client, "payments", callback_url=receiver.url)
     provider.mode = "error"  # its own "status": "error" with HTTP 200: a refusal, not busy
     body = await (await send(client, "0788000001", queue=True)).json()
     message_id = body["messages"][0]["id"]
@@ -255,6 +257,10 @@ async def test_provider_refusing_the_call_fails_it_refunded(
     assert len(provider.calls) == 1
     assert (await message(client, message_id))["error"]["code"] == "provider_error"
     assert (await usage(client))["day"]["used"] == 0
+    await receiver.wait_for(1)
+    hook = json.loads(receiver.received[0][1])
+    assert hook["type"] == "message.failed"
+    assert [e["status"] for e in hook["data"]["events"]] == ["queued", "sending", "failed"]
     assert ledger_mismatches(database) == []
 
 
