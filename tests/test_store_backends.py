@@ -245,3 +245,60 @@ async def test_a_connection_whose_backend_was_ended_is_not_pooled_again(database
                 assert row is not None and row["answer"] == 42
     finally:
         await store.close()
+
+
+async def until(check: object, within: float = 5.0) -> None:
+    """Until `check()` is true."""
+    assert callable(check)
+    async with asyncio.timeout(within):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_team_changed_elsewhere_leaves_the_send_path_cache(
+    store: Store, database: str
+) -> None:
+    cache = teams.TeamCache()
+    if store.kind == "postgresql":
+        await until(lambda: store.teams_version() is not None)  # the listener is up
+    team = await cache.get(store, "payments", rechecked=True)
+    assert team is not None and team.daily_limit == 40
+    # another replica (or the CLI) changes the team: the send path sees it once told
+    await asyncio.to_thread(
+        query, database, "UPDATE teams SET daily_limit = 7 WHERE id = 'payments'"
+    )
+    async with asyncio.timeout(5):
+        while (
+            team := await cache.get(store, "payments", rechecked=True)
+        ) and team.daily_limit != 7:
+            await asyncio.sleep(0.02)
+    # a disabled team is never kept: enabled again elsewhere, it is not refused meanwhile
+    await asyncio.to_thread(query, database, "UPDATE teams SET active = 0 WHERE id = 'payments'")
+    async with asyncio.timeout(5):
+        while (team := await cache.get(store, "payments", rechecked=True)) and team.active:
+            await asyncio.sleep(0.02)
+    await asyncio.to_thread(query, database, "UPDATE teams SET active = 1 WHERE id = 'payments'")
+    team = await cache.get(store, "payments", rechecked=True)
+    assert team is not None and team.active  # read again at once, no notification needed
+
+
+@pytest.mark.postgresql
+async def test_the_team_change_listener_comes_back_after_its_connection_is_ended(
+    store: Store, database: str
+) -> None:
+    await until(lambda: store.teams_version() is not None)
+    before = store.teams_version()
+    assert before is not None
+    name = database.rsplit("/", 1)[1]
+    ended = await asyncio.to_thread(
+        query,
+        database,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = ? AND query LIKE 'LISTEN%'",
+        name,
+    )
+    assert ended == [(True,)]
+    await until(lambda: store.teams_version() is None, within=5)  # nothing cached meanwhile
+    await until(lambda: store.teams_version() is not None, within=10)  # listening again
+    after = store.teams_version()
+    assert after is not None and after > before  # what it cached before is not trusted

@@ -61,10 +61,13 @@ async def principal(request: web.Request, token: str | None = None) -> Principal
     return await request.app[AUTH].verify(token or bearer_token(request))
 
 
-async def team_for(request: web.Request, scope: str | None, token: str | None = None) -> Team:
-    """The calling team, active, holding `scope` if one is named (401/403 otherwise)."""
+async def team_for(
+    request: web.Request, scope: str | None, token: str | None = None, *, sending: bool = False
+) -> Team:
+    """The calling team, active, holding `scope` if one is named (401/403 otherwise).
+    `sending`: for a send, whose reservation checks the team again in the database."""
     caller = await principal(request, token)
-    team = await request.app[TEAMS].get(request.app[STORE], caller.subject)
+    team = await request.app[TEAMS].get(request.app[STORE], caller.subject, rechecked=sending)
     if team is None:
         raise Forbidden(
             f"team {caller.subject!r} is not registered on this gateway", code="unknown_team"

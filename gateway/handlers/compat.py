@@ -62,7 +62,7 @@ async def send_compat(request: web.Request) -> web.Response:
         api_key = fields.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
             return _error(401, "api_key must carry a team token (JWT)", "unauthenticated")
-        team = await team_for(request, "messages:send", token=api_key.strip())
+        team = await team_for(request, "messages:send", token=api_key.strip(), sending=True)
         body: dict[str, Any] = {
             "to": _recipients(fields.get("recipients")),
             "text": fields.get("message"),

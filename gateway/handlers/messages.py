@@ -27,7 +27,7 @@ LIST_PARAMS = frozenset(
 
 async def create_message(request: web.Request) -> web.Response:
     """Send one text to 1-1000 recipients."""
-    team = await team_for(request, "messages:send")
+    team = await team_for(request, "messages:send", sending=True)
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     body = await read_json(request)
     send_request = validate(body, request.app[SETTINGS], request.app[CLOCK]())

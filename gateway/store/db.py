@@ -88,6 +88,11 @@ class Store(abc.ABC):
         one cheaply; None means "ask the database each time"."""
         return None
 
+    def teams_version(self) -> int | None:
+        """A number that moves whenever a team changes anywhere, for caches whose every use is
+        checked again in the database (the send path); None means "ask the database"."""
+        return self.data_version()
+
     async def checkpoint(self) -> tuple[int, int, int]:
         """SQLite's WAL checkpoint (busy, frames, checkpointed); nothing to do elsewhere."""
         return (0, 0, 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -54,6 +55,8 @@ BROKEN: tuple[type[BaseException], ...] = (
     asyncio.CancelledError,
 )
 CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+log = logging.getLogger("gateway.store")
 
 
 class _NoConnection(Exception):
@@ -137,6 +140,12 @@ class PostgresStore(Store):
         self.pool_size = pool_size
         self.retry_for = retry_for
         self._pool: asyncpg.Pool | None = None
+        # Team changes, as told by NOTIFY gateway_teams (postgres_10.sql) on a connection of
+        # its own; None while that connection is not listening (then nothing is cached).
+        self._teams_seen = 0  # only ever grows
+        self._heard = False  # the listener is connected and listening
+        self._listener: Connection | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -160,8 +169,54 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
             raise
+        self._listening = asyncio.get_running_loop().create_task(self._listen())
+
+    def teams_version(self) -> int | None:
+        return self._teams_seen if self._heard else None
+
+    async def _listen(self) -> None:
+        """Keep a connection listening for team changes; reconnect (every second) if it is
+        lost. Every (re)connection counts as a change: what was missed meanwhile is unknown."""
+        while self._pool is not None:
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=5, server_settings={"application_name": "sms-gateway"}
+                )
+            except Exception as exc:
+                log.debug("team change listener: cannot connect (%s)", exc)
+            else:
+                try:
+                    await self._hear(conn)
+                except Exception as exc:
+                    log.debug("team change listener: %s", exc)
+                finally:
+                    self._heard = False
+                    self._teams_seen += 1
+                    self._listener = None
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            await asyncio.sleep(1.0)
+
+    async def _hear(self, conn: Connection) -> None:
+        """Listen on `conn` until it is lost."""
+        lost = asyncio.Event()
+        self._listener = conn
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener("gateway_teams", self._team_changed)
+        self._teams_seen += 1
+        self._heard = True
+        await lost.wait()
+
+    def _team_changed(self, *_args: object) -> None:
+        self._teams_seen += 1
 
     async def close(self) -> None:
+        self._heard = False
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:

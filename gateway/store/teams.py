@@ -160,22 +160,33 @@ async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
 class TeamCache:
     """Teams by id for the request path, valid while no other process has written the database.
 
-    On PostgreSQL there is no such number to ask cheaply, so the team is read on every request
-    (a primary-key read): a change made through any replica applies from the next request.
     SQLite's data_version (asked on this process's writer, microseconds) moves whenever another
     connection commits: the CLI, another `serve` process. Then every entry is read again, so a
     team disabled, limited or re-keyed anywhere applies from the next request. This process's
     own team changes drop their entry (`forget`). Without a data_version (while the writer
     waits for a lock elsewhere) the team is read each time.
+
+    On PostgreSQL there is no such number to ask cheaply, so the team is read on every request
+    (a primary-key read), except on the send path (`rechecked`): there the cache lives until
+    the database notifies a team change (store.teams_version, NOTIFY on a connection of its
+    own: milliseconds after the change commits), because everything a send must not get wrong
+    is checked again inside its reservation (the team active, its limits and budget). A team
+    cached as missing or disabled is read again on every use, so a team created or enabled
+    elsewhere is never refused for want of a notification.
     """
 
     def __init__(self) -> None:
         self._teams: dict[str, Team | None] = {}
         self._version: int | None = None
+        self._send_teams: dict[str, Team] = {}
+        self._send_version: int | None = None
 
-    async def get(self, store: Store, team_id: str) -> Team | None:
-        """The team as stored now."""
+    async def get(self, store: Store, team_id: str, *, rechecked: bool = False) -> Team | None:
+        """The team as stored now (with `rechecked`: as last notified, for a use that the
+        database checks again)."""
         version = store.data_version()
+        if version is None and rechecked:
+            return await self._for_send(store, team_id)
         if version is None or version != self._version:
             self._teams.clear()
             self._version = version
@@ -186,6 +197,22 @@ class TeamCache:
             self._teams[team_id] = team
         return team
 
+    async def _for_send(self, store: Store, team_id: str) -> Team | None:
+        version = store.teams_version()
+        if version is None or version != self._send_version:
+            self._send_teams.clear()
+            self._send_version = version
+        team = self._send_teams.get(team_id)
+        if team is not None:
+            return team
+        team = await current_team(store, team_id)
+        if team is None or not team.active or version is None:
+            return team  # read again next time
+        if len(self._send_teams) < 10_000:
+            self._send_teams[team_id] = team
+        return team
+
     def forget(self, team_id: str) -> None:
         """Drop a team that this process just changed."""
         self._teams.pop(team_id, None)
+        self._send_teams.pop(team_id, None)

@@ -1,0 +1,2 @@
+-- Version 10: PostgreSQL tells every replica when a team changes (postgres_10.sql); SQLite's
+-- processes see it through data_version, so nothing changes here.
