@@ -42,6 +42,7 @@ class Drain:
     calls: int
     rate: float  # calls a second from the first queued call to the last
     busiest_second: int  # the most queued calls that arrived within any one second
+    tightest: float  # the shortest time over which `rate` + 1 queued calls arrived
 
 
 @dataclass
@@ -58,13 +59,16 @@ class DrainReport:
         """The report's rows."""
         rates = " ".join(f"{d.rate:.2f}" for d in self.drains)
         busiest = max(d.busiest_second for d in self.drains)
+        tightest = min(d.tightest for d in self.drains)
         p99s = self.p99_ratios()
         return [
             median_round(self.alone).line(),
             median_round(self.with_queue).line(),
             f"queue drain: {self.drains[0].messages:,} messages in {self.drains[0].calls} calls"
             f" at GATEWAY_PROVIDER_MAX_RATE={self.target_rate:g}; held rate, round by round:"
-            f" {rates} calls/s; busiest second {busiest} calls; {self.duplicates} duplicates",
+            f" {rates} calls/s; busiest second {busiest} calls (the tightest"
+            f" {int(self.target_rate) + 1} arrived over {tightest * 1000:.0f} ms);"
+            f" {self.duplicates} duplicates",
             "direct p99 with the queue / without, round by round: "
             + " ".join(f"{v:.2f}" for v in p99s),
         ]
@@ -113,6 +117,13 @@ async def _drained(
             if stats["recipients"] >= recipients:
                 return stats
             await asyncio.sleep(0.2)
+
+
+def _tightest(times: list[float], calls: int) -> float:
+    """The shortest span over which `calls` of these arrived (seconds)."""
+    ordered = sorted(times)
+    spans = [ordered[i + calls - 1] - ordered[i] for i in range(len(ordered) - calls + 1)]
+    return min(spans, default=float("nan"))
 
 
 def _busiest_second(times: list[float]) -> int:
@@ -179,6 +190,7 @@ async def drain_runs(
                     len(times),
                     (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan"),
                     _busiest_second(times),
+                    _tightest(times, int(rate) + 1),
                 )
             )
         duplicates = int((await _stats(http, provider_port))["duplicates"])

@@ -50,7 +50,7 @@ LEAD_RENEW = 1.0  # seconds between renewals of the dispatcher's role while it w
 CONTENDED_SECONDS = 0.02  # a look found work that another process claimed first: look again soon
 # The calls of any `rate` in a row span at least a second and this much more, measured from
 # their real starts (requests jitter on their way to the provider).
-WINDOW_MARGIN = 0.025
+WINDOW_MARGIN = 0.04
 
 
 def backoff(attempts: int) -> float:
