@@ -220,6 +220,9 @@ class Dispatcher:
             if due > iso(now):
                 return min(POLL_SECONDS, _seconds_until(due, now))
             await self._gate.acquire()
+            if self._stopping:  # (waited for a free slot while the process began to stop)
+                self._gate.release()
+                break
             try:
                 rows = await ctx.store.write(
                     store_queue.claim_due,

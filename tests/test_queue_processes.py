@@ -166,3 +166,32 @@ async def test_the_other_replica_takes_the_queue_over_when_the_dispatcher_dies(
         "unknown",
     }
     assert ledger_mismatches(database) == []
+
+
+async def test_a_graceful_stop_mid_drain_settles_what_is_in_flight_and_keeps_the_rest(
+    database: str, provider: FakeProvider
+) -> None:
+    provider.delay = 0.3  # calls are in flight when the stop comes
+    port = free_port()
+    env = serve_env(database, port, provider.url, provider_max_rate="20")
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        async with gateway_process(env, port) as proc:
+            await make_team(http, base, "school")
+            for batch in range(30):
+                body = {"to": recipients(batch, 2), "text": "Term results", "queue": True}
+                status, answer = await post(http, f"{base}/messages", body, SEND)
+                assert status == 202, answer
+            async with asyncio.timeout(20):
+                while len(provider.calls) < 3:
+                    await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+        # in-flight calls were answered and settled before the exit: nothing left to sweep
+        left = dict(query(database, "SELECT status, COUNT(*) FROM messages GROUP BY status"))
+        assert set(left) <= {"sent", "queued"} and left.get("queued", 0) > 0
+        async with gateway_process(env, port):
+            await drained(database, within=60)
+    assert query(database, "SELECT DISTINCT status FROM messages") == [("sent",)]
+    assert set(calls_per_recipient(provider).values()) == {1}
+    assert ledger_mismatches(database) == []
