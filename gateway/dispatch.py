@@ -34,12 +34,13 @@ from . import logs, settlement
 from .clock import iso, parse_iso
 from .errors import Conflict, NotFound
 from .notify import queue_webhook
-from .sending import SendContext
+from .sending import SendContext, batch_body
 from .store import messages as store_messages
 from .store import queue as store_queue
 from .store.db import Row, Tx
 from .store.messages import Batch, NewMessage
 from .store.rows import resource
+from .validation import MAX_RECIPIENTS  # messages in one batch
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -100,8 +101,6 @@ EXPIRED_DETAIL = "the message was not sent before its validity period ended; it 
 
 async def _expire(tx: Tx, now: str, delay: float) -> tuple[list[dict[str, Any]], int]:
     rows = await store_queue.expiring(tx, now)
-    if not rows:
-        return [], 0
     return await end_waiting(tx, rows, "expired", now, "expired", EXPIRED_DETAIL, delay)
 
 
@@ -160,8 +159,9 @@ class Dispatcher:
         if self._leading and now - self._led_at < LEAD_RENEW:
             return True
         ctx = self._ctx
+        held = self._leading and now - self._led_at < self._lead_seconds  # never lapsed since
         leading = await store_queue.lead(ctx.store, ctx.owner, self._lead_seconds, time.time())
-        if leading and not self._leading:
+        if leading and not held:
             # whoever dispatched before may have just made a call: the first one waits a second
             self._next_slot = time.monotonic() + 1.0
             self._window.clear()
@@ -191,8 +191,11 @@ class Dispatcher:
     async def expire(self) -> int:
         """End every waiting message whose validity is over; how many."""
         ctx = self._ctx
+        now = iso(ctx.clock())
+        if not await store_queue.any_expiring(ctx.store, now):
+            return 0
         ended, webhooks = await ctx.store.write(
-            _expire, iso(ctx.clock()), ctx.settings.webhook_retry_schedule[0]
+            _expire, now, ctx.settings.webhook_retry_schedule[0]
         )
         if ended:
             ctx.metrics.messages.labels("expired").inc(len(ended))
@@ -211,14 +214,15 @@ class Dispatcher:
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 return pause
-            if self._interval and not await self._lead():
-                return POLL_SECONDS
             now = ctx.clock()
             due = await store_queue.next_attempt(ctx.store, iso(now))
             if due is None:
                 return POLL_SECONDS
             if due > iso(now):
                 return min(POLL_SECONDS, _seconds_until(due, now))
+            # (the role is a write: taken and renewed only while there is work for it)
+            if self._interval and not await self._lead():
+                return POLL_SECONDS
             await self._gate.acquire()
             if self._stopping:  # (waited for a free slot while the process began to stop)
                 self._gate.release()
@@ -366,7 +370,7 @@ async def _cancel(
     """Cancel the team's waiting messages whose `column` (id or batch_id) is `value`: the
     messages canceled, the matching messages as they now stand, the webhooks queued."""
     where = f"team_id = ? AND {column} = ?"
-    rows = await store_queue.waiting_rows(tx, where, (team_id, value), limit=MAX_BATCH)
+    rows = await store_queue.waiting_rows(tx, where, (team_id, value), limit=MAX_RECIPIENTS)
     ended, webhooks = await end_waiting(
         tx, rows, "canceled", at, "canceled", CANCELED_DETAIL, delay
     )
@@ -374,9 +378,6 @@ async def _cancel(
         found = await store_messages.get_row(tx, team_id, value)
         return ended, [resource(found)] if found else [], webhooks
     return ended, await store_messages.batch_messages(tx, team_id, value), webhooks
-
-
-MAX_BATCH = 1000  # recipients in one send, so messages in one batch
 
 
 async def cancel_message(ctx: SendContext, team_id: str, message_id: str) -> dict[str, Any]:
@@ -418,13 +419,7 @@ async def cancel_batch(ctx: SendContext, team_id: str, batch_id: str) -> dict[st
             code="not_cancelable",
         )
     _canceled(ctx, len(ended), webhooks)
-    return {
-        "batch_id": batch_id,
-        "canceled": len(ended),
-        "messages": messages,
-        "total_cost": sum(m["cost"] for m in messages),
-        "currency": "RWF",
-    }
+    return {**batch_body(batch_id, messages), "canceled": len(ended)}
 
 
 def _canceled(ctx: SendContext, count: int, webhooks: int) -> None:

@@ -256,16 +256,19 @@ def _new_batch(
     )
 
 
-def _accepted_answer(batch: store_messages.Batch) -> KeyAnswer:
-    """A queued send's 202: the 201's body, its messages `queued` or `scheduled`."""
-    messages = store_messages.as_queued(batch)
-    body = {
-        "batch_id": batch.batch_id,
+def batch_body(batch_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of a send's 201 (and a queued send's 202, and a batch cancel's 200)."""
+    return {
+        "batch_id": batch_id,
         "messages": messages,
         "total_cost": sum(m["cost"] for m in messages),
         "currency": "RWF",
     }
-    return KeyAnswer(202, JSON, dumps(body))
+
+
+def _accepted_answer(batch: store_messages.Batch) -> KeyAnswer:
+    """A queued send's 202: the 201's body, its messages `queued` or `scheduled`."""
+    return KeyAnswer(202, JSON, dumps(batch_body(batch.batch_id, store_messages.as_queued(batch))))
 
 
 async def _call_provider(
@@ -369,13 +372,7 @@ def _answer_builder(batch_id: str, results: Sequence[SendResult] | None) -> Answ
             )
         if all(r.failure is not None for r in results):
             return _provider_failure(results, batch_id, messages)
-        body = {
-            "batch_id": batch_id,
-            "messages": messages,
-            "total_cost": sum(m["cost"] for m in messages),
-            "currency": "RWF",
-        }
-        return KeyAnswer(201, JSON, dumps(body))
+        return KeyAnswer(201, JSON, dumps(batch_body(batch_id, messages)))
 
     return answer_for
 

@@ -35,6 +35,20 @@ def recipients(batch: int, size: int) -> list[str]:
     return [f"0788{batch:03d}{n:03d}" for n in range(size)]
 
 
+async def enqueue(
+    http: aiohttp.ClientSession, bases: list[str], batches: int, size: int
+) -> list[str]:
+    """Queue `batches` sends of `size` recipients, round-robin over `bases` (each answered 202);
+    the ids of the messages accepted."""
+    accepted: list[str] = []
+    for n in range(batches):
+        body = {"to": recipients(n, size), "text": "Term results", "queue": True}
+        status, answer = await post(http, f"{bases[n % len(bases)]}/messages", body, SEND)
+        assert status == 202, answer
+        accepted.extend(m["id"] for m in answer["messages"])
+    return accepted
+
+
 def times_per_second(provider: FakeProvider) -> int:
     """The most provider calls that arrived within any one second."""
     times = sorted(provider.times)
@@ -64,15 +78,10 @@ async def test_sigkill_mid_drain_then_restart_loses_nothing_and_sends_nothing_tw
     port = free_port()
     env = serve_env(database, port, provider.url, provider_max_rate="20", provider_batch_size="5")
     base = f"http://127.0.0.1:{port}"
-    accepted: list[str] = []
     async with aiohttp.ClientSession() as http:
         async with gateway_process(env, port) as proc:
             await make_team(http, base, "school")
-            for batch in range(40):
-                body = {"to": recipients(batch, 5), "text": "Term results", "queue": True}
-                status, answer = await post(http, f"{base}/messages", body, SEND)
-                assert status == 202, answer
-                accepted.extend(m["id"] for m in answer["messages"])
+            accepted = await enqueue(http, [base], 40, 5)
             mine = "SELECT COUNT(*) FROM messages WHERE status = 'sending'"
             async with asyncio.timeout(20):
                 while not (provider.calls and query(database, mine)[0][0]):
@@ -140,10 +149,7 @@ async def test_the_other_replica_takes_the_queue_over_when_the_dispatcher_dies(
         ),
     ):
         await make_team(http, a, "school")
-        for n in range(60):
-            body = {"to": recipients(n, 2), "text": "Term results", "queue": True}
-            status, answer = await post(http, f"{(a, b)[n % 2]}/messages", body, SEND)
-            assert status == 202, answer
+        await enqueue(http, [a, b], 60, 2)
         async with asyncio.timeout(20):
             while len(provider.calls) < 10:
                 await asyncio.sleep(0.05)
@@ -178,10 +184,7 @@ async def test_a_graceful_stop_mid_drain_settles_what_is_in_flight_and_keeps_the
     async with aiohttp.ClientSession() as http:
         async with gateway_process(env, port) as proc:
             await make_team(http, base, "school")
-            for batch in range(30):
-                body = {"to": recipients(batch, 2), "text": "Term results", "queue": True}
-                status, answer = await post(http, f"{base}/messages", body, SEND)
-                assert status == 202, answer
+            await enqueue(http, [base], 30, 2)
             async with asyncio.timeout(20):
                 while len(provider.calls) < 3:
                     await asyncio.sleep(0.01)

@@ -152,7 +152,6 @@ async def overview(request: web.Request) -> web.Response:
     labels = [parse_iso(h + ":00:00Z").astimezone(tz).strftime("%H:00") for h in hours]
     hooks = await outbox.webhook_counts(store)
     queue = await store_queue.stats(store, iso(now))
-    oldest = queue.oldest_due_at
     return await _page(
         request,
         "overview.html",
@@ -169,7 +168,7 @@ async def overview(request: web.Request) -> web.Response:
             "unmatched": await store_dashboard.unmatched_reports(store),
             "queue": {
                 "depth": queue.depth,
-                "age": (now - parse_iso(oldest)).total_seconds() if oldest else None,
+                "age": queue.age(now),
             },
             "chart": charts.stacked_bars(
                 labels,

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..clock import iso, parse_iso
+from ..clock import iso
 from ..errors import NotReady
 from ..keys import CLOCK, METRICS, OPENAPI, STORE
 from ..store import queue as store_queue
@@ -39,10 +39,7 @@ async def metrics(request: web.Request) -> web.Response:
     queue = await store_queue.stats(request.app[STORE], iso(now))
     for status, depth in queue.depth.items():
         m.queue_depth.labels(status).set(depth)
-    oldest = queue.oldest_due_at
-    m.queue_oldest_due_age.set(
-        max(0.0, (now - parse_iso(oldest)).total_seconds()) if oldest else 0.0
-    )
+    m.queue_oldest_due_age.set(queue.age(now) or 0.0)
     return web.Response(
         body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

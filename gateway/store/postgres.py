@@ -169,9 +169,12 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
             raise
-        self._listening = asyncio.get_running_loop().create_task(self._listen())
 
     def teams_version(self) -> int | None:
+        """Team changes heard so far; None until the listener (started by the first ask, so
+        the CLI and the processes that never send open no connection for it) is listening."""
+        if self._listening is None and self._pool is not None:
+            self._listening = asyncio.get_running_loop().create_task(self._listen())
         return self._teams_seen if self._heard else None
 
     async def _listen(self) -> None:

@@ -7,8 +7,10 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from ..clock import parse_iso
 from .db import Row, Sql, Store, Tx
 from .messages import UsageDelta, bump
 from .rows import resource
@@ -137,6 +139,16 @@ async def expiring(tx: Tx, now: str, limit: int = 500) -> list[Row]:
     return await waiting_rows(tx, "expires_at <= ?", (now,), limit)
 
 
+async def any_expiring(store: Store, now: str) -> bool:
+    """Whether a waiting message's validity ended at or before `now` (a read: the write that
+    ends them is only made when there is something to end)."""
+    row = await store.fetchone(
+        f"SELECT 1 FROM messages WHERE status IN {_WAITING_SQL} AND expires_at <= ? LIMIT 1",  # noqa: S608
+        (now,),
+    )
+    return row is not None
+
+
 _LEAD = (
     "UPDATE dispatcher SET holder = ?1, until = {now} + ?2 WHERE id = 1 AND (holder = ?1"
     " OR holder IS NULL OR until < {now} OR holder NOT IN (SELECT id FROM processes))"
@@ -174,6 +186,12 @@ class QueueStats:
 
     depth: dict[str, int]
     oldest_due_at: str | None
+
+    def age(self, now: datetime) -> float | None:
+        """Seconds the oldest due message has waited past its due time (None: none is due)."""
+        if self.oldest_due_at is None:
+            return None
+        return max(0.0, (now - parse_iso(self.oldest_due_at)).total_seconds())
 
 
 async def stats(store: Store, now: str) -> QueueStats:
