@@ -213,11 +213,28 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections' local ends."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port nothing listens on (for 'connection refused')."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on (for a server to take, or for 'connection refused'), picked
+    below the kernel's ephemeral range: a port from that range can be taken, between the pick
+    and a server's bind, by the local end of any outgoing connection (seen once in CI: a
+    `serve` process that could not listen)."""
+    low = _ephemeral_low()
+    while True:
+        port = 10_000 + secrets.randbelow(max(1, low - 10_000))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -457,7 +474,14 @@ async def gateway_process(
         stderr=stderr or asyncio.subprocess.DEVNULL,
     )
     try:
-        await wait_until_healthy(port)
+        healthy = asyncio.ensure_future(wait_until_healthy(port))
+        exited = asyncio.ensure_future(proc.wait())
+        await asyncio.wait({healthy, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not healthy.done():  # it stopped before answering: say so now, not in 30 s
+            healthy.cancel()
+            raise AssertionError(f"sms-gateway serve exited with {proc.returncode} at start")
+        exited.cancel()
+        healthy.result()
         yield proc
     finally:
         if proc.returncode is None:
