@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +18,7 @@ from gateway.store import messages as store_messages
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseUnreachable, Duplicate, NotFound, SchemaTooNew
 
-from .conftest import plain_batch, query
+from .conftest import ledger_mismatches, plain_batch, query
 
 pytestmark = pytest.mark.both_databases
 
@@ -124,6 +125,106 @@ async def test_reservations_through_two_stores_never_pass_the_limit(
     assert query(database, "SELECT COUNT(*) FROM messages") == [(40,)]
 
 
+async def test_sends_reserved_together_are_each_decided_on_their_own(
+    store: Store, database: str
+) -> None:
+    """Sends that reach the store at the same moment share one transaction (on PostgreSQL one
+    call of gateway_reserve_group): one over its daily limit, over its budget, of a disabled
+    team or holding a key already taken changes nothing, and the others go in."""
+    for team, active, budget in (("ops", 1, 150), ("off", 0, None), ("hr", 1, None)):
+        await store.run(
+            "INSERT INTO teams (id, name, webhook_secret, created_at, active, monthly_budget)"
+            " VALUES (?, ?, 'whsec_y', ?, ?, ?)",
+            (team, team.title(), AT, active, budget),
+        )
+
+    def send(team: str, n: int, segments: int) -> store_messages.Batch:
+        message = store_messages.NewMessage(f"msg_{team}_{n}", "250788000001", segments, 75)
+        return dataclasses.replace(plain_batch(f"bat_{team}_{n}", AT, [message]), team_id=team)
+
+    def key(name: str) -> store_messages.IdempotencyClaim:
+        return store_messages.IdempotencyClaim(name, "hash", "2026-11-25T09:00:00.000Z")
+
+    sends = [
+        *((send("payments", n, 10), None) for n in range(5)),  # daily limit 40: 4 fit
+        *((send("ops", n, 1), None) for n in range(3)),  # budget 150 RWF: 2 fit
+        (send("off", 0, 1), None),  # disabled
+        (send("hr", 0, 1), key("k1")),
+        (send("hr", 1, 1), key("k1")),  # the same key: in flight already
+        (send("hr", 2, 1), key("k2")),
+    ]
+    results = await asyncio.gather(
+        *(store_messages.reserve(store, "prc_test", b, c) for b, c in sends),
+        return_exceptions=True,
+    )
+    refusals = [r.quota for r in results if isinstance(r, quota.Refusal)]
+    assert sorted(refusals) == ["daily_limit", "monthly_budget"]
+    assert sum(isinstance(r, store_messages.TeamInactive) for r in results) == 1
+    assert sum(isinstance(r, store_messages.PriorAnswer) and r.in_flight for r in results) == 1
+    assert results.count(None) == 4 + 2 + 2
+    usage = "SELECT team_id, period, messages, segments, cost FROM usage WHERE messages > 0"
+    assert sorted(query(database, usage + " ORDER BY 1, 2")) == [
+        ("hr", "2026-11", 2, 2, 150),
+        ("hr", "2026-11-26", 2, 2, 150),
+        ("ops", "2026-11", 2, 2, 150),
+        ("ops", "2026-11-26", 2, 2, 150),
+        ("payments", "2026-11", 4, 40, 300),  # the refused send's month charge was put back
+        ("payments", "2026-11-26", 4, 40, 300),
+    ]
+    assert query(database, "SELECT team_id, key FROM idempotency ORDER BY 2") == [
+        ("hr", "k1"),
+        ("hr", "k2"),
+    ]
+    assert query(database, "SELECT team_id, COUNT(*) FROM messages GROUP BY 1 ORDER BY 1") == [
+        ("hr", 2),
+        ("ops", 2),
+        ("payments", 4),
+    ]
+    if store.kind == "postgresql":  # they really went in together: one transaction
+        assert query(database, "SELECT COUNT(DISTINCT xmin::text) FROM messages") == [(1,)]
+
+
+async def test_batches_settled_together_are_each_settled_on_their_own(
+    store: Store, database: str
+) -> None:
+    """Batches that went out settle together (on PostgreSQL one call of
+    gateway_settle_sent_group): one with a delivery report already waiting is settled the
+    general way (its report applied), one charged more than reserved moves the counters by the
+    difference, and the counters end equal to the charges."""
+    batches = []
+    for n in range(4):
+        message = store_messages.NewMessage(f"msg_{n}", "250788000001", 1, 75)
+        batches.append(plain_batch(f"bat_{n}", AT, [message]))
+        assert await store_messages.reserve(store, "prc_test", batches[-1]) is None
+    early = reports.Report("bat_2", "p2", "250788000001", "D")
+    assert await reports.receive_report(store, early, AT, 0.0) == "pending"
+    charged = {0: (1, 75), 1: (3, 225), 2: (1, 75), 3: (1, 70)}
+    await asyncio.gather(
+        *(
+            settlement.settle(
+                store,
+                "prc_test",
+                batch,
+                [store_messages.Outcome(f"msg_{n}", "sent", AT, *charged[n], f"p{n}")],
+            )
+            for n, batch in enumerate(batches)
+        )
+    )
+    assert query(
+        database, "SELECT id, status, segments, charged_segments, cost FROM messages ORDER BY id"
+    ) == [
+        ("msg_0", "sent", 1, 1, 75),
+        ("msg_1", "sent", 1, 3, 225),
+        ("msg_2", "delivered", 1, 1, 75),
+        ("msg_3", "sent", 1, 1, 70),
+    ]
+    assert query(database, "SELECT period, messages, segments, cost FROM usage ORDER BY 1") == [
+        ("2026-11", 4, 6, 445),
+        ("2026-11-26", 4, 6, 445),
+    ]
+    assert ledger_mismatches(database) == []
+
+
 async def test_one_key_claimed_through_two_stores_is_reserved_once(
     store: Store, database: str
 ) -> None:
@@ -228,8 +329,16 @@ async def test_a_connection_whose_backend_was_ended_is_not_pooled_again(database
     store = PostgresStore(database, pool_size=1)
     await store.open()
     name = database.rsplit("/", 1)[1]
+    await store.run(
+        "CREATE FUNCTION slow_group(items JSONB) RETURNS TEXT[] LANGUAGE sql"
+        " AS $$ SELECT pg_sleep(1); SELECT ARRAY['done'] $$"
+    )
+
+    async def grouped(_sql: str) -> str:
+        return await store.call_grouped("slow_group", {})
+
     try:
-        for work in (store.fetchone, store.run, store.call) * 2:
+        for work in (store.fetchone, store.run, grouped) * 2:
             running = asyncio.ensure_future(work("SELECT pg_sleep(1) AS slept"))
             await asyncio.sleep(0.2)
             query(

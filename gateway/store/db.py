@@ -97,10 +97,12 @@ class Store(abc.ABC):
         """SQLite's WAL checkpoint (busy, frames, checkpointed); nothing to do elsewhere."""
         return (0, 0, 0)
 
-    async def call(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
-        """One statement as its own transaction (committed as soon as it ends); its first
-        row. A statement that raises changes nothing."""
-        return await self.write(_fetchone, sql, tuple(params))
+    async def call_grouped(self, function: str, item: Any) -> str:
+        """Call a server-side group function (`function(items JSONB) RETURNS TEXT[]`, which
+        decides each item on its own) for `item`, sharing the call with the others made at the
+        same moment; the item's entry. An entry naming one of the schema's refusals (`GWxxx`)
+        raises Refused, and that item changed nothing. Only PostgreSQL has such functions."""
+        raise NotImplementedError(f"{self.kind} has no server-side functions")
 
     async def run(self, sql: Statement, params: Iterable[Any] = ()) -> int:
         """One write statement, atomically; its rowcount."""
@@ -122,10 +124,6 @@ class Store(abc.ABC):
 
 async def _run(tx: Tx, sql: Statement, params: tuple[Any, ...]) -> int:
     return await tx.execute(sql, params)
-
-
-async def _fetchone(tx: Tx, sql: Statement, params: tuple[Any, ...]) -> Row | None:
-    return await tx.fetchone(sql, params)
 
 
 def is_postgres(database: str) -> bool:

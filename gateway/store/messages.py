@@ -197,51 +197,56 @@ async def _reserve(
     return None
 
 
-# PostgreSQL: the same rules in one call of the schema's gateway_reserve() (postgres_9.sql),
-# which holds the team's counter rows only from its conditional UPDATEs to its own COMMIT; a
-# send that fits costs one round trip, and the reads that explain a refusal come after.
-_RESERVE_CALL = "SELECT gateway_reserve(" + ", ".join("?" * 28) + ")"
+# PostgreSQL: the same rules in the schema's gateway_reserve_group() (postgres_11.sql), which
+# holds the team's counter rows only from its conditional UPDATEs to its own COMMIT. Sends that
+# reach the replica together share one call (Store.call_grouped): a send that fits costs a share
+# of one round trip, and the reads that explain a refusal come after.
+RESERVE_GROUP = "gateway_reserve_group"
 RACE_RETRIES = 20
+
+
+def reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> dict[str, Any]:
+    """One send as gateway_reserve_group() takes it."""
+    answer = claim.answer if claim else None
+    return {
+        "team": batch.team_id,
+        "month": batch.month,
+        "day": batch.day,
+        "messages": len(batch.messages),
+        "segments": sum(m.segments for m in batch.messages),
+        "cost": sum(m.cost for m in batch.messages),
+        "key": claim.key if claim else None,
+        "hash": claim.request_hash if claim else None,
+        "batch": batch.batch_id,
+        "at": batch.created_at,
+        "owner": owner,
+        "text": batch.text,
+        "sender": batch.sender,
+        "reference": batch.reference,
+        "callback_url": batch.callback_url,
+        "encoding": batch.encoding,
+        "events": json.dumps([{"status": batch.status, "at": batch.created_at}]),
+        "client_dlr": batch.client_dlr,
+        "status": batch.status,
+        "due_at": batch.due_at,
+        "expires_at": batch.expires_at,
+        "key_status": answer.status if answer else None,
+        "key_type": answer.content_type if answer else None,
+        "key_body": answer.body.decode() if answer else None,
+        "rows": [
+            {"id": m.id, "recipient": m.recipient, "segments": m.segments, "cost": m.cost}
+            for m in batch.messages
+        ],
+    }
 
 
 async def _reserve_on_postgres(
     store: Store, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
-    events = json.dumps([{"status": batch.status, "at": batch.created_at}])
-    answer = claim.answer if claim else None
-    params = (
-        batch.team_id,
-        batch.month,
-        batch.day,
-        len(batch.messages),
-        sum(m.segments for m in batch.messages),
-        sum(m.cost for m in batch.messages),
-        claim.key if claim else None,
-        claim.request_hash if claim else None,
-        batch.batch_id,
-        batch.created_at,
-        owner,
-        [m.id for m in batch.messages],
-        [m.recipient for m in batch.messages],
-        [m.segments for m in batch.messages],
-        [m.cost for m in batch.messages],
-        batch.text,
-        batch.sender,
-        batch.reference,
-        batch.callback_url,
-        batch.encoding,
-        events,
-        batch.client_dlr,
-        batch.status,
-        batch.due_at,
-        batch.expires_at,
-        answer.status if answer else None,
-        answer.content_type if answer else None,
-        answer.body.decode() if answer else None,
-    )
+    item = reserve_item(owner, batch, claim)
     for _ in range(RACE_RETRIES):
         try:
-            row = await store.call(_RESERVE_CALL, params)
+            result = await store.call_grouped(RESERVE_GROUP, item)
         except Refused as refused:
             if refused.code == "GW403":
                 raise TeamInactive(batch.team_id) from None
@@ -249,7 +254,7 @@ async def _reserve_on_postgres(
             if not isinstance(checked, quota.Limits):
                 return checked
             continue  # room was freed meanwhile (a refund): try again
-        if row is not None and row[0] == "key_taken":
+        if result == "key_taken":
             assert claim is not None
             prior = await store.write(_claimed, batch.team_id, claim)
             if prior is not None:
@@ -408,38 +413,42 @@ def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]
     return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
-_SETTLE_SENT_CALL = "SELECT gateway_settle_sent(" + ", ".join("?" * 12) + ")"
+SETTLE_SENT_GROUP = "gateway_settle_sent_group"
 
 
 async def settle_sent(store: Store, owner: str, batch: Batch, outcomes: Sequence[Outcome]) -> bool:
     """On PostgreSQL, settle a batch whose messages all went out (`sent`, no error) in one
-    server-side call (gateway_settle_sent, postgres_8.sql: the same rows and counters as
-    settle_rows); False when it cannot be done so (SQLite, another kind of outcome, a delivery
-    report already waiting, a row not `sending` under `owner`), and nothing was changed: the
-    caller settles the general way."""
+    server-side call shared with the other batches settling at the same moment
+    (gateway_settle_sent_group, postgres_11.sql: the same rows and counters as settle_rows);
+    False when it cannot be done so (SQLite, another kind of outcome, a delivery report
+    already waiting, a row not `sending` under `owner`), and nothing was changed: the caller
+    settles the general way."""
     if store.kind != "postgresql" or not outcomes:
         return False
     if any(o.status != "sent" or o.error_code or o.error_detail for o in outcomes):
         return False
     reserved = {m.id: m for m in batch.messages}
+    item = {
+        "owner": owner,
+        "batch": batch.batch_id,
+        "team": batch.team_id,
+        "month": batch.month,
+        "day": batch.day,
+        "at": outcomes[0].at,
+        "rows": [
+            {
+                "id": o.message_id,
+                "provider_id": o.provider_message_id,
+                "charged": o.charged_segments,
+                "cost": o.cost,
+                "reserved_segments": reserved[o.message_id].segments,
+                "reserved_cost": reserved[o.message_id].cost,
+            }
+            for o in outcomes
+        ],
+    }
     try:
-        await store.call(
-            _SETTLE_SENT_CALL,
-            (
-                owner,
-                batch.batch_id,
-                batch.team_id,
-                batch.month,
-                batch.day,
-                outcomes[0].at,
-                [o.message_id for o in outcomes],
-                [o.provider_message_id for o in outcomes],
-                [o.charged_segments for o in outcomes],
-                [o.cost for o in outcomes],
-                [reserved[o.message_id].segments for o in outcomes],
-                [reserved[o.message_id].cost for o in outcomes],
-            ),
-        )
+        await store.call_grouped(SETTLE_SENT_GROUP, item)
     except Refused:
         return False
     return True

@@ -21,6 +21,7 @@ from itertools import count
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from .db import Row, Statement, Store, Tx, Write, describe
@@ -28,11 +29,13 @@ from .errors import DatabaseBusy, DatabaseUnreachable, Refused, SchemaTooNew, St
 from .migrations import MIGRATIONS
 
 T = TypeVar("T")
+Waiting = list[tuple[Any, asyncio.Future[str]]]  # a group function's items and their callers
 Connection = asyncpg.Connection | PoolConnectionProxy
 POOL_SIZE = 10  # connections per process
 RETRY_FOR = 1.0  # seconds a lost connection is retried before a write gives up
 MIGRATION_LOCK = 0x736D735F67617465  # pg_advisory_xact_lock key held while migrating
 CONFLICT_RETRIES = 10  # deadlocks and serialization failures: the write runs again
+MAX_GROUP = 64  # items in one call of a group function (call_grouped)
 
 # The server is down, restarting, out of connections, or the connection broke.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -146,6 +149,9 @@ class PostgresStore(Store):
         self._heard = False  # the listener is connected and listening
         self._listener: Connection | None = None
         self._listening: asyncio.Task[None] | None = None
+        # call_grouped: each group function's items waiting to be sent, and the calls under way
+        self._waiting: dict[str, Waiting] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         try:
@@ -215,6 +221,8 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         self._heard = False
+        while self._flushes:  # grouped calls under way end first (they hold their callers)
+            await asyncio.wait(list(self._flushes))
         if self._listening is not None:
             self._listening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -286,26 +294,75 @@ class PostgresStore(Store):
                     raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
                 await patience.wait(exc)
 
-    async def call(self, sql: Statement, params: Iterable[Any] = ()) -> Row | None:
-        """One statement in its own implicit transaction: no round trip between its last
-        change and the COMMIT. Failing to get a connection is retried; a connection lost while
-        the statement ran is DatabaseUnreachable with `committed_unknown` (it may have been
-        made); a function's own refusal (SQLSTATE GWxxx) is Refused."""
+    async def call_grouped(self, function: str, item: Any) -> str:
+        """Group commit for the send path: the items of calls made while the loop goes round,
+        and while every pooled connection is busy, go to the server in one call of `function`
+        (at most MAX_GROUP items): one round trip and one COMMIT for them all, where a call each
+        cost a round trip and a COMMIT each (the README has the figures). The group function
+        decides each item on its own, so grouping changes no outcome. Failing to get a
+        connection is retried, and so is a deadlock (nothing was kept); a connection lost
+        during the call fails every item of it with DatabaseUnreachable (`committed_unknown`)."""
+        if self._pool is None:
+            raise StoreClosed("the database is closed")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(function, [])
+        waiting.append((item, future))
+        if len(waiting) == 1:  # the first since the last group was taken: a call is due
+            self._start_flush(function)
+        result = await future
+        if result.startswith("GW"):
+            raise Refused(result)
+        return result
+
+    def _start_flush(self, function: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush(function))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    def _take(self, function: str) -> Waiting:
+        """The waiting items of `function` (up to MAX_GROUP); another call for the rest."""
+        waiting = self._waiting[function]
+        group, rest = waiting[:MAX_GROUP], waiting[MAX_GROUP:]
+        self._waiting[function] = rest
+        if rest:
+            self._start_flush(function)
+        return group
+
+    async def _flush(self, function: str) -> None:
+        """One call of `function` for the items waiting for it, once a connection is free
+        (the items that arrive meanwhile join the group); each caller gets its item's entry."""
+        group: Waiting = []
+        sql = f"SELECT {function}($1::jsonb)"
         patience = _Patience(self.retry_for)
-        text, args = postgres_sql(sql), tuple(params)
-        while True:
-            try:
-                async with self._connection() as conn:
-                    try:
-                        return await conn.fetchrow(text, *args)
-                    except CONNECTION_ERRORS as exc:
-                        raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
-                    except asyncpg.PostgresError as exc:
-                        if (exc.sqlstate or "").startswith("GW"):
-                            raise Refused(exc.sqlstate) from None
-                        raise
-            except _NoConnection as exc:
-                await patience.wait(exc)
+        conflicts = 0
+        try:
+            while True:
+                try:
+                    async with self._connection() as conn:
+                        group = group or self._take(function)
+                        items = orjson.dumps([item for item, _ in group]).decode()
+                        try:
+                            results: list[str] = await conn.fetchval(sql, items)
+                        except CONNECTION_ERRORS as exc:
+                            raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
+                    break
+                except CONFLICTS:
+                    conflicts += 1
+                    if conflicts > CONFLICT_RETRIES:
+                        raise DatabaseBusy(self.retry_for) from None
+                    await asyncio.sleep(random.uniform(0, 0.01 * conflicts))
+                except _NoConnection as exc:
+                    await patience.wait(exc)
+        except BaseException as exc:
+            for _, future in group or self._take(function):
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(group, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def fetchall(self, sql: Statement, params: Iterable[Any] = ()) -> list[Row]:
         """All rows of a read; a lost connection is retried for `retry_for` seconds."""

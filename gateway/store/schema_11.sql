@@ -1,0 +1,2 @@
+-- Version 11: PostgreSQL's send path takes sends in groups (postgres_11.sql); SQLite's writes
+-- are grouped already (store/sqlite.py), so nothing changes here.
