@@ -14,7 +14,7 @@ class DlrTokens:
         self._key = key
 
     def _mac(self, batch_id: str) -> str:
-        digest = hmac.new(self._key, b"dlr:" + batch_id.encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self._key, b"dlr:" + batch_id.encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
     def sign(self, batch_id: str) -> str:

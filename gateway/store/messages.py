@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .. import quota
 from . import outbox
@@ -128,6 +129,11 @@ async def _check(
     return quota.check(limits, used, segments, cost) or limits
 
 
+def _first_event(batch: Batch) -> str:
+    """The messages' timeline as their reservation stores it."""
+    return orjson.dumps([{"status": batch.status, "at": batch.created_at}]).decode()
+
+
 async def _reserve(
     tx: Tx, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
@@ -154,7 +160,7 @@ async def _reserve(
                 answer.body.decode() if answer else None,
             ),
         )
-    events = json.dumps([{"status": batch.status, "at": batch.created_at}])
+    events = _first_event(batch)
     await tx.executemany(
         "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
         " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
@@ -225,7 +231,7 @@ def reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> di
         "reference": batch.reference,
         "callback_url": batch.callback_url,
         "encoding": batch.encoding,
-        "events": json.dumps([{"status": batch.status, "at": batch.created_at}]),
+        "events": _first_event(batch),
         "client_dlr": batch.client_dlr,
         "status": batch.status,
         "due_at": batch.due_at,
