@@ -6,12 +6,10 @@
 -- disabled, 'GW429' over a limit or the budget, 'GW409' settle it the general way), and it
 -- leaves nothing behind. Locks are taken in one order (Idempotency-Keys by team and key, then
 -- counters by team, month before day; batch locks by their number), so two groups on two
--- replicas wait for each other but never deadlock.
-DROP FUNCTION gateway_reserve(TEXT, TEXT, TEXT, BIGINT, BIGINT, BIGINT, TEXT, TEXT, TEXT, TEXT,
-    TEXT, TEXT[], TEXT[], INTEGER[], BIGINT[], TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
-    TEXT, TEXT, INTEGER, TEXT, TEXT);
-DROP FUNCTION gateway_settle_sent(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT[], TEXT[], INTEGER[],
-    BIGINT[], INTEGER[], BIGINT[]);
+-- replicas wait for each other but do not deadlock; a deadlock with any other transaction rolls
+-- the whole group back, and the gateway runs it again.
+-- gateway_reserve() and gateway_settle_sent() stay: replicas still running the previous version
+-- keep sending through them while a rolling upgrade restarts the replicas one by one.
 
 -- p_items: one object a send (messages.reserve_item): team, month, day, messages, segments,
 -- cost, key, hash, batch, at, owner, text, sender, reference, callback_url, encoding, events,
