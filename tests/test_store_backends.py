@@ -356,6 +356,39 @@ async def test_a_connection_whose_backend_was_ended_is_not_pooled_again(database
         await store.close()
 
 
+@pytest.mark.postgresql
+async def test_a_grouped_call_chosen_as_a_deadlock_victim_runs_again(database: str) -> None:
+    """PostgreSQL rolls back one side of a deadlock; when that is a group of sends, the group
+    is sent again whole (nothing of it was kept) and its callers get their answers."""
+    import asyncpg
+
+    from gateway.store.postgres import PostgresStore
+
+    store = PostgresStore(database)
+    await store.open()
+    await store.run("CREATE TABLE pair (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    await store.run("INSERT INTO pair VALUES (1, 0), (2, 0)")
+    await store.run(
+        "CREATE FUNCTION pair_group(items JSONB) RETURNS TEXT[] LANGUAGE sql AS $$"
+        " UPDATE pair SET v = v + 1 WHERE id = 1; UPDATE pair SET v = v + 1 WHERE id = 2;"
+        " SELECT ARRAY['done'] $$"
+    )
+    other = await asyncpg.connect(database)
+    try:
+        async with other.transaction():
+            await other.execute("UPDATE pair SET v = v + 10 WHERE id = 2")
+            grouped = asyncio.ensure_future(store.call_grouped("pair_group", {}))
+            await asyncio.sleep(0.3)  # the group holds row 1 and waits for row 2
+            # A deadlock: the group waited first, so its deadlock check fires first and it is
+            # the one rolled back; this transaction then gets row 1.
+            await other.execute("UPDATE pair SET v = v + 10 WHERE id = 1")
+        assert await grouped == "done"
+        assert query(database, "SELECT id, v FROM pair ORDER BY id") == [(1, 11), (2, 11)]
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def until(check: object, within: float = 5.0) -> None:
     """Until `check()` is true."""
     assert callable(check)

@@ -131,6 +131,22 @@ class _Patience:
         self._delay *= 2
 
 
+class _Conflicts:
+    """The deadlocks and serialization failures one write met: it runs again (everything it
+    did was rolled back) after a short random pause, CONFLICT_RETRIES times at most."""
+
+    def __init__(self, busy_after: float) -> None:
+        self._count = 0
+        self._busy_after = busy_after
+
+    async def wait(self) -> None:
+        """Pause before the next try, or raise DatabaseBusy when the retries are spent."""
+        self._count += 1
+        if self._count > CONFLICT_RETRIES:
+            raise DatabaseBusy(self._busy_after) from None
+        await asyncio.sleep(random.uniform(0, 0.01 * self._count))
+
+
 class PostgresStore(Store):
     """One PostgreSQL database shared by any number of gateway processes."""
 
@@ -268,7 +284,7 @@ class PostgresStore(Store):
         so is a deadlock or serialization failure; a connection lost during COMMIT is not,
         since the write may have been made (DatabaseUnreachable with `committed_unknown`)."""
         patience = _Patience(self.retry_for)
-        conflicts = 0
+        conflicts = _Conflicts(self.retry_for)
         while True:
             committing = False
             try:
@@ -285,10 +301,7 @@ class PostgresStore(Store):
                     await transaction.commit()
                     return result
             except CONFLICTS:
-                conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
-                    raise DatabaseBusy(self.retry_for) from None
-                await asyncio.sleep(random.uniform(0, 0.01 * conflicts))
+                await conflicts.wait()
             except RETRYABLE as exc:
                 if committing:
                     raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
@@ -334,7 +347,7 @@ class PostgresStore(Store):
         group: Waiting = []
         sql = f"SELECT {function}($1::jsonb)"
         patience = _Patience(self.retry_for)
-        conflicts = 0
+        conflicts = _Conflicts(self.retry_for)
         try:
             while True:
                 try:
@@ -347,10 +360,7 @@ class PostgresStore(Store):
                             raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
                     break
                 except CONFLICTS:
-                    conflicts += 1
-                    if conflicts > CONFLICT_RETRIES:
-                        raise DatabaseBusy(self.retry_for) from None
-                    await asyncio.sleep(random.uniform(0, 0.01 * conflicts))
+                    await conflicts.wait()
                 except _NoConnection as exc:
                     await patience.wait(exc)
         except BaseException as exc:
