@@ -1,9 +1,11 @@
 """PostgreSQL: a connection pool shared by every write and read, for several replicas.
 
 asyncpg, rather than psycopg 3: it speaks PostgreSQL's binary protocol from C, prepares and
-caches each statement on its connection, and pipelines `executemany`, which is what a send's two
-short transactions need (the README has the figures). Each write is its own transaction on a
-pooled connection; PostgreSQL's row locks, not a single writer, make concurrent writes safe.
+caches each statement on its connection, and pipelines `executemany`, which is what short
+transactions need (the README has the figures). Each write is its own transaction on a pooled
+connection; PostgreSQL's row locks, not a single writer, make concurrent writes safe. The send
+path's two calls are grouped (`call_grouped`): the sends ready at the same moment share one
+call, one round trip and one COMMIT, as SQLite's writes share one transaction.
 Only transaction-scoped advisory locks are taken, so a PgBouncer in transaction mode works (with
 `max_prepared_statements` set, as asyncpg prepares its statements).
 """
