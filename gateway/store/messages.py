@@ -207,11 +207,11 @@ async def _reserve(
 # holds the team's counter rows only from its conditional UPDATEs to its own COMMIT. Sends that
 # reach the replica together share one call (Store.call_grouped): a send that fits costs a share
 # of one round trip, and the reads that explain a refusal come after.
-RESERVE_GROUP = "gateway_reserve_group"
+_RESERVE_GROUP = "gateway_reserve_group"
 RACE_RETRIES = 20
 
 
-def reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> dict[str, Any]:
+def _reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> dict[str, Any]:
     """One send as gateway_reserve_group() takes it."""
     answer = claim.answer if claim else None
     return {
@@ -249,10 +249,10 @@ def reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> di
 async def _reserve_on_postgres(
     store: Store, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
-    item = reserve_item(owner, batch, claim)
+    item = _reserve_item(owner, batch, claim)
     for _ in range(RACE_RETRIES):
         try:
-            result = await store.call_grouped(RESERVE_GROUP, item)
+            result = await store.call_grouped(_RESERVE_GROUP, item)
         except Refused as refused:
             if refused.code == "GW403":
                 raise TeamInactive(batch.team_id) from None
@@ -419,7 +419,7 @@ def as_settled(batch: Batch, outcomes: Sequence[Outcome]) -> list[dict[str, Any]
     return [_in_memory(batch, reserved[o.message_id], o) for o in outcomes]
 
 
-SETTLE_SENT_GROUP = "gateway_settle_sent_group"
+_SETTLE_SENT_GROUP = "gateway_settle_sent_group"
 
 
 async def settle_sent(store: Store, owner: str, batch: Batch, outcomes: Sequence[Outcome]) -> bool:
@@ -454,7 +454,7 @@ async def settle_sent(store: Store, owner: str, batch: Batch, outcomes: Sequence
         ],
     }
     try:
-        await store.call_grouped(SETTLE_SENT_GROUP, item)
+        await store.call_grouped(_SETTLE_SENT_GROUP, item)
     except Refused:
         return False
     return True

@@ -161,6 +161,7 @@ class PostgresStore(Store):
         self.pool_size = pool_size
         self.retry_for = retry_for
         self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the store was opened on
         # Team changes, as told by NOTIFY gateway_teams (postgres_10.sql) on a connection of
         # its own; None while that connection is not listening (then nothing is cached).
         self._teams_seen = 0  # only ever grows
@@ -172,6 +173,8 @@ class PostgresStore(Store):
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
+        # Kept, not asked for on every send: asking costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -317,9 +320,9 @@ class PostgresStore(Store):
         decides each item on its own, so grouping changes no outcome. Failing to get a
         connection is retried, and so is a deadlock (nothing was kept); a connection lost
         during the call fails every item of it with DatabaseUnreachable (`committed_unknown`)."""
-        if self._pool is None:
+        if self._pool is None or self._loop is None:
             raise StoreClosed("the database is closed")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str] = self._loop.create_future()
         waiting = self._waiting.setdefault(function, [])
         waiting.append((item, future))
         if len(waiting) == 1:  # the first since the last group was taken: a call is due
@@ -330,7 +333,8 @@ class PostgresStore(Store):
         return result
 
     def _start_flush(self, function: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush(function))
+        assert self._loop is not None, "store is not open"
+        task = self._loop.create_task(self._flush(function))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 

@@ -11,7 +11,7 @@
 -- gateway_reserve() and gateway_settle_sent() stay: replicas still running the previous version
 -- keep sending through them while a rolling upgrade restarts the replicas one by one.
 
--- p_items: one object a send (messages.reserve_item): team, month, day, messages, segments,
+-- p_items: one object a send (messages._reserve_item): team, month, day, messages, segments,
 -- cost, key, hash, batch, at, owner, text, sender, reference, callback_url, encoding, events,
 -- client_dlr, status, due_at, expires_at, key_status, key_type, key_body, and `rows`, one
 -- object a message (id, recipient, segments, cost). Each send's entry in the result:
@@ -107,7 +107,7 @@ BEGIN
 END;
 $$;
 
--- p_items: one object a batch whose messages all went out (messages.settle_item): owner, batch,
+-- p_items: one object a batch whose messages all went out (messages.settle_sent): owner, batch,
 -- team, month, day, at, and `rows`, one object a message (id, provider_id, charged, cost,
 -- reserved_segments, reserved_cost). The same rows and counters as messages.settle_rows, with
 -- each batch's lock (outbox.lock_batch) taken first. A batch that needs more (a delivery report
