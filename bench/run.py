@@ -395,6 +395,7 @@ def gateway_env(
             "GATEWAY_PROVIDER_API_KEY": "k",
             "GATEWAY_PROVIDER_USERNAME": "u",
             "GATEWAY_PROVIDER_PASSWORD": "p",
+            "GATEWAY_SECRET_KEY": "bench-sealing-key-" + "0" * 32,
         }
     )
     if log_level:

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
+from . import refusals
 from .auth import Authenticator
 from .callbacks import GuardedResolver
 from .clock import Clock, iso, utcnow
@@ -30,6 +31,7 @@ from .keys import (
     CLOCK,
     HTTP,
     METRICS,
+    OFFSET,
     OPENAPI,
     PROXIES,
     RATES,
@@ -40,7 +42,7 @@ from .keys import (
     TIMEZONE,
     WORKER,
 )
-from .leases import Lease
+from .leases import ClockOffset, Lease
 from .logs import (
     REQUEST_FIELDS,
     REQUEST_ID_HEADER,
@@ -55,7 +57,7 @@ from .proxies import Proxies
 from .ratelimit import RateLimiter
 from .routes import setup_routes
 from .sandbox import Simulator
-from .secretbox import SecretBox
+from .secretbox import open_box
 from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .settings import Settings
 from .store import make_store
@@ -63,7 +65,7 @@ from .store.messages import forget_expired_keys
 from .store.retention import delete_older_than
 from .store.teams import TeamCache
 from .upstream import Upstream
-from .validation import callback_guard
+from .validation import callback_guard, refuse_unstorable
 from .webhooks import WebhookWorker
 
 log = logging.getLogger("gateway")
@@ -80,6 +82,7 @@ def create_app(
     `proxies`: the outgoing proxies `serve` read at start (by default, read here)."""
     metrics = Metrics()
     quiet_parser_errors()
+    refusals.install()
     app = web.Application(
         middlewares=[_edge_middleware(metrics)],
         client_max_size=MAX_BODY_BYTES,
@@ -92,6 +95,7 @@ def create_app(
     app[PROXIES] = proxies if proxies is not None else Proxies.from_environment()
     app[TIMEZONE] = ZoneInfo(settings.timezone)
     app[OPENAPI] = resources.files("gateway").joinpath("openapi.yaml").read_bytes()
+    app.on_response_prepare.append(refusals.name_no_version)
     app.cleanup_ctx.append(_resources)
     setup_routes(app)
     setup_dashboard(app)
@@ -114,6 +118,10 @@ def _edge_middleware(metrics: Metrics) -> Middleware:
         status = 500
         try:
             try:
+                if ("\x00" in request.raw_path or "%00" in request.raw_path) and not (
+                    request.raw_path.startswith("/dlr/")  # the provider's: cleaned, not refused
+                ):
+                    _refuse_nul(request)
                 response: web.StreamResponse = await handler(request)
             except Exception as exc:
                 status = getattr(exc, "status", 500)
@@ -128,12 +136,26 @@ def _edge_middleware(metrics: Metrics) -> Middleware:
     return edge
 
 
+def _refuse_nul(request: web.Request) -> None:
+    """A NUL in the path or the query is a 422 naming where (the databases cannot store it, and
+    no id or filter holds one)."""
+    where = []
+    if "\x00" in request.path:
+        where.append("path")
+    for key, value in request.query.items():
+        if "\x00" in key or "\x00" in value:
+            where.append(key.replace("\x00", "") or "query")
+    refuse_unstorable(where or ["query"])
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = make_store(settings.database, busy_timeout=settings.database_busy_timeout)
     await store.open()
     app[STORE] = store
-    lease = Lease(store, settings.lease_seconds, swept_answer)
+    offset = ClockOffset(settings.max_clock_offset, app[METRICS].clock_offset.set)
+    app[OFFSET] = offset
+    lease = Lease(store, settings.lease_seconds, swept_answer, offset)
     await lease.start()
     proxies = app[PROXIES]
     http = aiohttp.ClientSession(  # the JWKS fetch: rare, so the proxy is looked up each time
@@ -177,7 +199,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         ),
         headers={"User-Agent": "sms-gateway-webhooks"},
     )
-    box = SecretBox(await store.secret("client_dlr_key"))
+    box = await open_box(store, settings)
     worker = WebhookWorker(
         store,
         webhook_http,
@@ -190,7 +212,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
     )
     app[WORKER] = worker
-    catch_up = CatchUp()
+    catch_up = CatchUp(store, lease.id, swept_answer)
     send_context = SendContext(
         settings=settings,
         store=store,
@@ -233,7 +255,7 @@ async def _housekeeping(app: web.Application) -> None:
     while True:
         now = app[CLOCK]()
         try:
-            await forget_expired_keys(app[STORE], iso(now - IDEMPOTENCY_TTL))
+            await forget_expired_keys(app[STORE], IDEMPOTENCY_TTL.total_seconds())
             days = app[SETTINGS].retention_days
             if days is not None:
                 cutoff = now - timedelta(days=days)

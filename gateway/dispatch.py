@@ -27,11 +27,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 from . import logs, settlement
-from .clock import iso, parse_iso
+from .clock import iso
 from .errors import Conflict, NotFound
 from .notify import queue_webhook
 from .sending import SendContext, batch_body
@@ -100,7 +99,7 @@ EXPIRED_DETAIL = "the message was not sent before its validity period ended; it 
 
 
 async def _expire(tx: Tx, now: str, delay: float) -> tuple[list[dict[str, Any]], int]:
-    rows = await store_queue.expiring(tx, now)
+    rows = await store_queue.expiring(tx)
     return await end_waiting(tx, rows, "expired", now, "expired", EXPIRED_DETAIL, delay)
 
 
@@ -160,7 +159,7 @@ class Dispatcher:
             return True
         ctx = self._ctx
         held = self._leading and now - self._led_at < self._lead_seconds  # never lapsed since
-        leading = await store_queue.lead(ctx.store, ctx.owner, self._lead_seconds, time.time())
+        leading = await store_queue.lead(ctx.store, ctx.owner, self._lead_seconds)
         if leading and not held:
             # whoever dispatched before may have just made a call: the first one waits a second
             self._next_slot = time.monotonic() + 1.0
@@ -191,8 +190,8 @@ class Dispatcher:
     async def expire(self) -> int:
         """End every waiting message whose validity is over; how many."""
         ctx = self._ctx
-        now = iso(ctx.clock())
-        if not await store_queue.any_expiring(ctx.store, now):
+        now = iso(ctx.clock())  # (the timeline's stamp; the database's clock decides)
+        if not await store_queue.any_expiring(ctx.store):
             return 0
         ended, webhooks = await ctx.store.write(
             _expire, now, ctx.settings.webhook_retry_schedule[0]
@@ -214,12 +213,11 @@ class Dispatcher:
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 return pause
-            now = ctx.clock()
-            due = await store_queue.next_attempt(ctx.store, iso(now))
-            if due is None:
+            due_in = await store_queue.next_attempt(ctx.store)  # by the database's clock
+            if due_in is None:
                 return POLL_SECONDS
-            if due > iso(now):
-                return min(POLL_SECONDS, _seconds_until(due, now))
+            if due_in > 0:
+                return min(POLL_SECONDS, due_in)
             # (the role is a write: taken and renewed only while there is work for it)
             if self._interval and not await self._lead():
                 return POLL_SECONDS
@@ -328,7 +326,7 @@ class Dispatcher:
             await write()
         except Exception as exc:  # the rows stay `sending` under this lease meanwhile
             log.warning("batch %s: %s; its outcome is stored when it can be", batch.batch_id, exc)
-            ctx.catch_up.add(write, f"the outcome of queued batch {batch.batch_id}")
+            ctx.catch_up.add(write, f"the outcome of queued batch {batch.batch_id}", batch.batch_id)
         logs.note(
             "queued batch sent",
             batch_id=batch.batch_id,
@@ -339,26 +337,22 @@ class Dispatcher:
 
     async def _requeue(self, rows: list[Row], delay: float, code: str, detail: str) -> None:
         ctx = self._ctx
-        retry_at = iso(ctx.clock() + timedelta(seconds=delay))
 
         async def write() -> None:
-            await ctx.store.write(store_queue.requeue, ctx.owner, rows, retry_at, code, detail)
+            await ctx.store.write(store_queue.requeue, ctx.owner, rows, delay, code, detail)
 
         try:
             await write()
         except Exception as exc:
             log.warning("could not put batch %s back yet: %s", rows[0]["batch_id"], exc)
-            ctx.catch_up.add(write, f"the return of batch {rows[0]['batch_id']} to the queue")
+            batch_id = rows[0]["batch_id"]
+            ctx.catch_up.add(write, f"the return of batch {batch_id} to the queue", batch_id)
         log.info(
             "provider did not take queued batch %s (%s); trying again in %.1f s",
             rows[0]["batch_id"],
             detail,
             delay,
         )
-
-
-def _seconds_until(at: str, now: datetime) -> float:
-    return max(0.0, (parse_iso(at) - now).total_seconds())
 
 
 CANCELED_DETAIL = "canceled by the team before it was handed to the provider; it is refunded"

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .auth import Authenticator
 from .clock import Clock
+from .leases import ClockOffset
 from .metrics import Metrics
 from .proxies import Proxies
 from .ratelimit import RateLimiter
@@ -31,3 +32,4 @@ METRICS = web.AppKey("metrics", Metrics)
 RATES = web.AppKey("rates", RateLimiter)
 TEAMS = web.AppKey("teams", TeamCache)
 PROXIES = web.AppKey("proxies", Proxies)
+OFFSET = web.AppKey("clock_offset", ClockOffset)

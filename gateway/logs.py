@@ -101,8 +101,9 @@ class UnreadableRequests(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError) and 400 <= (error.code or 500) < 500:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "refused a request the HTTP parser could not read (%s): %s"
-            record.args = (error.code, error.message)
+            # (the parser's message quotes the bytes it refused: a header may hold a token)
+            record.msg = "refused a request the HTTP parser could not read (%s, %s)"
+            record.args = (error.code, type(error).__name__)
             record.exc_info = record.exc_text = None
         return True
 

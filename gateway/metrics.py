@@ -46,6 +46,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.clock_offset = Gauge(
+            "gateway_clock_offset_seconds",
+            "The database's clock minus this process's, measured at every lease renewal",
+            registry=r,
+        )
         self.quota_rejections = Counter(
             "gateway_quota_rejections",
             "Sends refused by a quota",

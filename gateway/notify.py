@@ -4,19 +4,14 @@ the signed webhook (its event and payload), and a drop-in client's provider-form
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
-from .clock import iso, parse_iso
+from .clock import parse_iso
 from .ids import ulid
 from .store.db import Row, Tx
 from .store.outbox import NewWebhook, insert_webhook, team_callback_url
 
 WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed", "expired", "canceled"})
-
-
-def _after(at: str, seconds: float) -> str:
-    return iso(parse_iso(at) + timedelta(seconds=seconds))
 
 
 def webhook_payload(message: dict[str, Any], at: str) -> tuple[str, str]:
@@ -46,9 +41,7 @@ async def queue_webhook(
         return 0
     event, payload = webhook_payload(message, at)
     hook_id = "whk_" + ulid(parse_iso(at))
-    delivery = NewWebhook(
-        hook_id, message["id"], team_id, event, url, payload, _after(at, delay), at
-    )
+    delivery = NewWebhook(hook_id, message["id"], team_id, event, url, payload, delay, at)
     await insert_webhook(tx, delivery)
     return 1
 
@@ -76,7 +69,7 @@ async def queue_client_dlr(
             f"message.{status}",
             target["url"],
             json.dumps(params),
-            _after(at, delay),
+            delay,
             at,
             kind="dlr",
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def _interpret(status: int, body: bytes) -> SendResult:
 def _recipient(entry: Any) -> RecipientResult | None:
     if not isinstance(entry, dict):
         return None
-    recipient = _text(entry.get("recipient"))
+    recipient = _text(entry.get("recipient"), MAX_ID)
     if not recipient:
         return None
     recipient = recipient.lstrip("+")
@@ -160,7 +161,7 @@ def _recipient(entry: Any) -> RecipientResult | None:
     return RecipientResult(
         recipient=recipient,
         status="sent" if status in ("sent", "success", "queued", "accepted") else "failed",
-        message_id=_text(entry.get("messageid")),
+        message_id=_text(entry.get("messageid"), MAX_ID),
         cost=parse_cost(entry.get("cost")),
         message=_text(entry.get("message")),
         cost_given=entry.get("cost") is not None,
@@ -182,10 +183,26 @@ def parse_cost(value: Any) -> int | None:
     return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def _text(value: Any) -> str | None:
+# What a provider string may not bring into a stored row: control characters (NUL among them,
+# which PostgreSQL cannot store), lone surrogates (not UTF-8), and length without end.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+MAX_ID = 128  # characters of a provider message id
+MAX_TEXT = 500  # characters of a provider message or status
+
+
+def clean(text: str, limit: int = MAX_TEXT) -> str:
+    """A provider string as the gateway stores it: control characters and lone surrogates
+    removed, surrounding space stripped, at most `limit` characters."""
+    return _UNSAFE.sub("", text).strip()[:limit]
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    text = str(value).strip()
+    text = str(value)
+    if not text.isascii() or not text.isprintable():
+        text = clean(text, limit)
+    text = text.strip()[:limit]
     return text or None

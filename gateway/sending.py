@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import logs, quota, settlement
-from .clock import Clock, iso, next_day_start, next_month_start, periods
+from .clock import Clock, iso, next_day_start, next_month_start, periods, utcnow
 from .dlrtoken import DlrTokens
 from .errors import (
     PROBLEM_CONTENT_TYPE,
@@ -38,6 +38,7 @@ from .metrics import Metrics
 from .provider import ProviderClient, SendResult
 from .secretbox import SecretBox
 from .settings import Settings
+from .store import leases as store_leases
 from .store import messages as store_messages
 from .store.db import Store
 from .store.errors import DatabaseUnavailable, DatabaseUnreachable
@@ -67,34 +68,72 @@ class CatchUp:
     """Settlements the database could not take in time, retried in the background.
 
     Their messages stay `sending` under this process's lease meanwhile; if the process stops
-    first, the lease lapses and a sweep moves them to `unknown`.
+    first, the lease lapses and a sweep moves them to `unknown`. One that cannot land within
+    `patience` seconds is given up as the sweep would: its rows `unknown` (still charged), its
+    key answered 504, and a warning says so.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        store: Store | None = None,
+        owner: str = "",
+        answer_for: store_leases.AnswerFor | None = None,
+        patience: float = 3600.0,
+    ) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._store = store
+        self._owner = owner
+        self._answer_for = answer_for
+        self.patience = patience
 
-    def add(self, write: Callable[[], Any], what: str, patience: float = 3600.0) -> None:
+    def add(self, write: Callable[[], Any], what: str, batch_id: str) -> None:
         """Retry `write()` with backoff until it succeeds (or `patience` seconds pass)."""
-        task = asyncio.get_running_loop().create_task(self._retry(write, what, patience))
+        task = asyncio.get_running_loop().create_task(self._retry(write, what, batch_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _retry(self, write: Callable[[], Any], what: str, patience: float) -> None:
+    async def _retry(self, write: Callable[[], Any], what: str, batch_id: str) -> None:
         delay, waited = 0.2, 0.0
         while True:
             try:
                 await write()
             except Exception as exc:
-                if waited >= patience:
-                    log.error("gave up storing %s: %s", what, exc)
+                if waited >= self.patience:
+                    await self._give_up(what, batch_id, exc)
                     return
                 log.warning("could not store %s yet (%s); retrying in %g s", what, exc, delay)
                 await asyncio.sleep(delay)
                 waited += delay
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 30.0, max(self.patience / 4, 0.05))
             else:
                 log.info("stored %s after a delay", what)
                 return
+
+    async def _give_up(self, what: str, batch_id: str, error: Exception) -> None:
+        """Leave the batch as the sweep would, retrying that (simpler) write until it lands."""
+        if self._store is None or self._answer_for is None:
+            log.error("gave up storing %s: %s", what, error)
+            return
+        delay = 0.2
+        while True:
+            try:
+                changed = await store_leases.abandon(
+                    self._store, self._owner, batch_id, iso(utcnow()), self._answer_for
+                )
+            except Exception as exc:
+                log.warning("could not give up %s yet (%s)", what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            log.warning(
+                "gave up storing %s after %g s (%s): its %d message(s) still sending are now "
+                "'unknown' and stay charged",
+                what,
+                self.patience,
+                error,
+                changed,
+            )
+            return
 
     async def stop(self, grace: float = 5.0) -> None:
         """Give pending settlements `grace` seconds, then leave them to the lease's sweep."""
@@ -145,7 +184,7 @@ async def send(
     claim = None
     if idempotency_key is not None:
         claim = store_messages.IdempotencyClaim(
-            idempotency_key, body_hash, iso(now - IDEMPOTENCY_TTL), accepted
+            idempotency_key, body_hash, IDEMPOTENCY_TTL.total_seconds(), accepted
         )
     try:
         reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
@@ -153,7 +192,7 @@ async def send(
         raise Forbidden(f"team {team_id!r} is disabled", code="team_disabled") from None
     except DatabaseUnreachable as exc:
         if exc.committed_unknown:
-            _release_later(ctx, batch)
+            _release_later(ctx, batch, idempotency_key)
         raise
     if isinstance(reserved, store_messages.PriorAnswer):
         return _replay(reserved, body_hash)
@@ -170,19 +209,25 @@ async def send(
     return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
 
 
-def _release_later(ctx: SendContext, batch: store_messages.Batch) -> None:
+def _release_later(ctx: SendContext, batch: store_messages.Batch, key: str | None) -> None:
     """The connection broke while the reservation's COMMIT was on its way, so it may have been
     made. Nothing was sent: once the database answers, such rows (still `sending` under this
-    process's lease) are settled `failed` and refunded; if the reservation was not made, the
+    process's lease) are settled `failed` and refunded, and the Idempotency-Key the reservation
+    claimed is freed for the retry (the answer was a 503); if the reservation was not made, the
     settlement finds no row and changes nothing."""
     at = iso(ctx.clock())
     detail = "the gateway lost the database before the send; nothing was sent"
     refunds = [settlement.refused(m, at, "not_sent", detail) for m in batch.messages]
 
-    async def write() -> None:
-        await settlement.settle(ctx.store, ctx.owner, batch, refunds)
+    def not_sent(messages: list[dict[str, Any]]) -> KeyAnswer:
+        return _problem(503, "database_unavailable", "Not sent", detail, batch.batch_id, messages)
 
-    ctx.catch_up.add(write, f"the reservation of batch {batch.batch_id}")
+    async def write() -> None:
+        await settlement.settle(
+            ctx.store, ctx.owner, batch, refunds, key=key, answer_for=not_sent if key else None
+        )
+
+    ctx.catch_up.add(write, f"the reservation of batch {batch.batch_id}", batch.batch_id)
 
 
 def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
@@ -227,12 +272,16 @@ def _new_batch(
     per_message_cost = request.info.segments * ctx.settings.price_per_segment
     queued: dict[str, Any] = {}
     if request.queue:
-        due = request.send_at or now
+        # Due and expiry times are the database's (store/messages.py): a send_at is a time the
+        # client named, its expiry that plus the validity; without one, both run from the
+        # database's now. (This process's clock only names the status.)
         validity = request.validity or ctx.settings.queue_validity
+        at = request.send_at
         queued = {
-            "status": "scheduled" if due > now else "queued",
-            "due_at": iso(due),
-            "expires_at": iso(due + timedelta(seconds=validity)),
+            "status": "scheduled" if at is not None and at > now else "queued",
+            "due_at": iso(at) if at is not None else None,
+            "expires_at": iso(at + timedelta(seconds=validity)) if at is not None else None,
+            "validity": float(validity),
         }
     return store_messages.Batch(
         batch_id="bat_" + ulid(now),
@@ -494,7 +543,7 @@ async def _settle_later(
         )
         _settled(ctx, outcomes, settled.webhooks_queued)
 
-    ctx.catch_up.add(write, f"the outcome of batch {batch.batch_id}")
+    ctx.catch_up.add(write, f"the outcome of batch {batch.batch_id}", batch.batch_id)
     return _to_answer(answer)
 
 

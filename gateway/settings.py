@@ -80,6 +80,9 @@ class Settings:
     database_busy_timeout: float = 10.0
     provider_max_rate: float | None = None  # provider calls/s for queued sends, all replicas
     queue_validity: int = 86400  # seconds a queued message may wait before it expires
+    max_clock_offset: float = 2.0  # seconds from the database's clock before a warning
+    secret_key: str | None = field(default=None, repr=False)  # seals drop-in DLR passwords
+    secret_key_file: str | None = None  # a file holding secret_key instead
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -96,6 +99,7 @@ class Settings:
             self.provider_api_key,
             self.provider_password,
             self.jwt_secret,
+            self.secret_key,
             database_password,
         )
         return tuple(v for v in values if v)
@@ -204,6 +208,17 @@ class Settings:
             )
         if self.queue_validity < 1:
             raise ConfigError("GATEWAY_QUEUE_VALIDITY must be a whole number of seconds, 1 or more")
+        if not self.sandbox and self.secret_key is None and self.secret_key_file is None:
+            raise ConfigError(
+                "GATEWAY_SECRET_KEY (or GATEWAY_SECRET_KEY_FILE) must be set outside the sandbox: "
+                "it seals drop-in clients' DLR passwords (e.g. `openssl rand -hex 32`)"
+            )
+        if self.max_clock_offset <= 0:
+            raise ConfigError("GATEWAY_MAX_CLOCK_OFFSET must be a positive number of seconds")
+        if self.secret_key is not None and self.secret_key_file is not None:
+            raise ConfigError("set GATEWAY_SECRET_KEY or GATEWAY_SECRET_KEY_FILE, not both")
+        if self.secret_key is not None and len(self.secret_key.encode()) < 32:
+            raise ConfigError("GATEWAY_SECRET_KEY must be at least 32 bytes (e.g. 64 hex digits)")
 
     @classmethod
     def from_env(
@@ -302,6 +317,7 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             "sandbox_dlr_delay",
             "lease_seconds",
             "database_busy_timeout",
+            "max_clock_offset",
         ):
             out[key] = _as_number(key, value, float)
         elif key == "sandbox":
@@ -331,6 +347,8 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             "provider_api_key",
             "provider_username",
             "provider_password",
+            "secret_key",
+            "secret_key_file",
         ):
             out[key] = str(value) if str(value) != "" else None
         else:

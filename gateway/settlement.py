@@ -13,6 +13,11 @@ from .store import messages as store_messages
 from .store.db import Store, Tx
 from .store.messages import Batch, KeyAnswer, NewMessage, Outcome
 
+# Answers that say nothing was sent: they free the Idempotency-Key rather than being kept for
+# it, so the retry with the same key and body runs for real (Stripe's rule). 201, 202, 504 and
+# 409 are kept: money may have moved, or another request holds the key.
+RELEASING = frozenset({400, 422, 429, 500, 502, 503})
+
 # A stated cost above this many times the estimate is not believed (a provider bug or a unit
 # mix-up): the estimate is charged instead.
 SANE_COST_FACTOR = 1000
@@ -123,7 +128,9 @@ async def _settle(
     answer = None
     if key is not None and answer_for is not None:
         answer = answer_for(messages)
-        if not await store_messages.answer_key(tx, batch.team_id, key, answer):
+        if answer.status in RELEASING and not any(m["status"] == "unknown" for m in messages):
+            await store_messages.release_key(tx, batch.team_id, key, batch.batch_id)
+        elif not await store_messages.answer_key(tx, batch.team_id, key, answer):
             # answered already (a sweep gave it the lost-answer 504): keep that one
             answer = await store_messages.stored_answer(tx, batch.team_id, key) or answer
     return Settled(messages, queued, answer)

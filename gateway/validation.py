@@ -211,7 +211,8 @@ def _send_at(raw: Any, now: datetime) -> datetime:
         raise _field_error("send_at", "is in the past")
     if value > now + MAX_SCHEDULE_AHEAD:
         raise _field_error("send_at", "is more than 35 days ahead")
-    return max(value, now)
+    # (not moved up to this process's now: the database's clock judges when it is due)
+    return value
 
 
 def _recipients(raw_to: Any, settings: Settings) -> list[str]:
@@ -271,3 +272,49 @@ def _sender(sender: Any) -> str | None:
             code="invalid_sender",
         )
     return sender
+
+
+def _unstorable(text: str) -> bool:
+    """Whether a string holds what the databases cannot store as text: NUL (PostgreSQL refuses
+    it) or a lone surrogate (not UTF-8)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unstorable_fields(value: Any, path: str = "") -> list[str]:
+    """The paths (`text`, `to[1]`, `meta.key`) of the strings in a JSON value that cannot be
+    stored; keys count as strings too."""
+    if isinstance(value, str):
+        return [path or "body"] if _unstorable(value) else []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _unstorable(key):
+                found.append(path or "body")
+                continue
+            found += unstorable_fields(item, name)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found += unstorable_fields(item, f"{path}[{n}]")
+    return found
+
+
+def refuse_unstorable(fields: list[str], where: str = "") -> None:
+    """Raise the 422 that names each field whose text cannot be stored (nothing is changed)."""
+    if not fields:
+        return
+    reason = "must not contain a NUL character (\\u0000) or a lone surrogate"
+    names = [f"{where}{f}" for f in fields]
+    raise ValidationFailed(
+        f"{', '.join(names)}: {reason}",
+        code="invalid_character",
+        extra={"errors": [{"field": n, "reason": reason} for n in names]},
+    )

@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .proxies import Proxies
 from .secretbox import SecretBox
 from .store import Store
-from .store.outbox import DueWebhook, claim_due_webhooks, next_due_at, record_attempt
+from .store.outbox import DueWebhook, claim_due_webhooks, next_due_in, record_attempt
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -139,9 +139,7 @@ class WebhookWorker:
         free = self._concurrency - len(self._busy)
         if free <= 0:
             return
-        claimed = await claim_due_webhooks(
-            self._store, self._owner, self._clock(), free, CLAIM_SECONDS
-        )
+        claimed = await claim_due_webhooks(self._store, self._owner, free, CLAIM_SECONDS)
         for hook in claimed:
             task = asyncio.get_running_loop().create_task(self._attempt(hook))
             self._busy[hook.id] = task
@@ -152,10 +150,10 @@ class WebhookWorker:
         self._wake.set()
 
     async def _idle_time(self) -> float:
-        due = await next_due_at(self._store)
-        if due is None:
+        due_in = await next_due_in(self._store)  # by the database's clock
+        if due_in is None:
             return IDLE_POLL
-        return min(max((due - self._clock()).total_seconds(), 0.01), IDLE_POLL)
+        return min(max(due_in, 0.01), IDLE_POLL)
 
     def _request(self, hook: DueWebhook) -> Any:
         timeout = aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT)

@@ -34,6 +34,7 @@ from gateway.store import is_postgres
 from gateway.store import messages as store_messages
 from gateway.store.postgres import postgres_sql
 
+SECRET_KEY = "test-sealing-key-" + "5" * 32  # GATEWAY_SECRET_KEY of the tests
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 API_KEY = "prov-api-key-7f3a9c"
 USERNAME = "acme-account"
@@ -419,6 +420,7 @@ def serve_env(
                 "GATEWAY_PROVIDER_API_KEY": API_KEY,
                 "GATEWAY_PROVIDER_USERNAME": USERNAME,
                 "GATEWAY_PROVIDER_PASSWORD": PASSWORD,
+                "GATEWAY_SECRET_KEY": SECRET_KEY,
             }
         )
     env.update({f"GATEWAY_{k.upper()}": v for k, v in extra.items()})
@@ -513,6 +515,7 @@ def settings(database: str, provider: FakeProvider) -> Settings:
         provider_api_key=API_KEY,
         provider_username=USERNAME,
         provider_password=PASSWORD,
+        secret_key=SECRET_KEY,
         provider_timeout=2.0,
         public_url="http://gateway.test:8080",
         jwt_secret=JWT_SECRET,

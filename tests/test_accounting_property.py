@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.settings import Settings
 
-from .conftest import JWT_SECRET, FakeProvider, auth, ledger_mismatches, mint, plain_batch
+from .conftest import (
+    JWT_SECRET,
+    SECRET_KEY,
+    FakeProvider,
+    auth,
+    ledger_mismatches,
+    mint,
+    plain_batch,
+)
 
 OUTCOMES = ["success", "error", "http401", "http500", "html", "garbage", "partial"]
 
@@ -54,6 +62,7 @@ async def scenario(
         provider_api_key="k",
         provider_username="u",
         provider_password="p",
+        secret_key=SECRET_KEY,
         provider_timeout=2.0,
         provider_batch_size=2,
         jwt_secret=JWT_SECRET,
@@ -110,10 +119,14 @@ def test_counters_equal_the_messages_charges(
 
 
 # --- overlapping processes, at the store: reserve, settle (by the owner or not, once or again),
-# lapsed leases swept, catch-up after a sweep, delivery reports, in any order.
+# lapsed leases swept, live ones renewed and never swept, catch-up after a sweep, delivery
+# reports, in any order; each process stamps its rows with its own clock, skewed by minutes.
 
 OWNERS = ["prc_a", "prc_b"]
+skews = st.lists(st.integers(-180, 180), min_size=len(OWNERS) + 1, max_size=len(OWNERS) + 1)
 operation = st.one_of(
+    st.tuples(st.just("renew"), st.sampled_from(OWNERS)),
+    st.tuples(st.just("sweep")),
     st.tuples(st.just("reserve"), st.sampled_from(OWNERS), st.integers(1, 3), st.integers(1, 2)),
     st.tuples(
         st.just("settle"),
@@ -127,7 +140,7 @@ operation = st.one_of(
 )
 
 
-async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> None:
+async def overlapping(directory: Path, operations: list[tuple[Any, ...]], skew: list[int]) -> None:
     from datetime import timedelta
 
     from gateway import reports, settlement
@@ -144,12 +157,27 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
     try:
         now = utcnow()
         await store_teams.create_team(store, "payments", {"daily_limit": 12}, now)
-        for owner in OWNERS:
-            await store_leases.register(store, owner, "elsewhere", 1, iso(now))
+        for owner in [*OWNERS, "prc_sweeper"]:
+            await store_leases.register(store, owner, "elsewhere", 1)
+        # the sweeper has renewed without a gap for longer than a lease: it may sweep
+        await store.run(
+            "UPDATE processes SET renewed_since = ? WHERE id = 'prc_sweeper'",
+            (iso(utcnow() - timedelta(minutes=10)),),
+        )
+        clocks = dict(zip([*OWNERS, "prc_sweeper"], skew, strict=True))
+        lapsed: set[str] = set()
         batches: list[store_messages.Batch] = []
         final: dict[str, str] = {}
         for op in operations:
-            at = iso(utcnow())
+            who = op[1] if op[0] in ("reserve", "settle") else "prc_sweeper"
+            at = iso(utcnow() + timedelta(seconds=clocks[who]))  # this process's own clock
+            live_sending = {
+                r["id"]
+                for r in await store.fetchall(
+                    "SELECT id, owner FROM messages WHERE status = 'sending'"
+                )
+                if r["owner"] not in lapsed
+            }
             if op[0] == "reserve":
                 _, owner, recipients, segments = op
                 n = len(batches)
@@ -193,14 +221,21 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
                     "UPDATE processes SET heartbeat_at = ? WHERE id = ?",
                     (iso(utcnow() - timedelta(minutes=5)), op[1]),
                 )
-                await store_leases.sweep(
-                    store,
-                    "prc_sweeper",
-                    iso(utcnow() - timedelta(seconds=30)),
-                    [],
-                    at,
-                    swept_answer,
-                )
+                lapsed.add(op[1])
+                await store_leases.sweep(store, "prc_sweeper", 30, [], at, swept_answer)
+            elif op[0] == "renew":
+                if await store_leases.heartbeat(store, op[1], 30) is None:
+                    await store_leases.register(store, op[1], "elsewhere", 1)
+                lapsed.discard(op[1])
+            elif op[0] == "sweep":
+                await store_leases.sweep(store, "prc_sweeper", 30, [], at, swept_answer)
+                still = {
+                    r["id"]
+                    for r in await store.fetchall(
+                        "SELECT id FROM messages WHERE status = 'sending'"
+                    )
+                }
+                assert live_sending <= still, "a sweep moved a live process's send"
             elif op[0] == "report" and op[1] < len(batches):
                 batch = batches[op[1]]
                 m = batch.messages[0]
@@ -225,8 +260,8 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]]) -> Non
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(operations=st.lists(operation, min_size=1, max_size=25))
+@given(operations=st.lists(operation, min_size=1, max_size=25), skew=skews)
 def test_counters_stay_exact_when_processes_overlap(
-    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[Any, ...]]
+    tmp_path_factory: pytest.TempPathFactory, operations: list[tuple[Any, ...]], skew: list[int]
 ) -> None:
-    asyncio.run(overlapping(tmp_path_factory.mktemp("overlap"), operations))
+    asyncio.run(overlapping(tmp_path_factory.mktemp("overlap"), operations, skew))

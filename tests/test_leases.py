@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from datetime import timedelta
@@ -39,11 +40,23 @@ async def test_only_lapsed_or_dead_leases_are_swept(tmp_path: Path) -> None:
             "prc_dead_here": (host_key(), 2**22 + 12345, now),  # no such pid
         }
         for n, (owner, (host, pid, beat)) in enumerate(owners.items()):
-            await store_leases.register(store, owner, host, pid, iso(beat))
-            claim = store_messages.IdempotencyClaim(f"key-{n}", "h", iso(now - timedelta(1)))
+            await store_leases.register(store, owner, host, pid)
+            await store.run(
+                "UPDATE processes SET heartbeat_at = ? WHERE id = ?", (iso(beat), owner)
+            )
+            claim = store_messages.IdempotencyClaim(f"key-{n}", "h", 86400)
             assert await store_messages.reserve(store, owner, batch(n), claim) is None
+        # A lapsed lease is swept only by a process that has itself renewed without a gap for
+        # a whole lease (the database took writes meanwhile): a process that just started (or
+        # just came back from an outage) sweeps only the pids it knows are gone.
         swept = await lease.sweep()
-        assert (swept.processes, swept.messages, swept.keys) == (2, 2, 2)
+        assert (swept.processes, swept.messages, swept.keys) == (1, 1, 1)
+        await store.run(
+            "UPDATE processes SET renewed_since = ? WHERE id = ?",
+            (iso(now - timedelta(seconds=31)), lease.id),
+        )
+        swept = await lease.sweep()
+        assert (swept.processes, swept.messages, swept.keys) == (1, 1, 1)
         with sqlite3.connect(path) as conn:
             rows = dict(
                 conn.execute("SELECT owner IS NULL, status FROM messages WHERE id = 'msg_0'")
@@ -56,7 +69,7 @@ async def test_only_lapsed_or_dead_leases_are_swept(tmp_path: Path) -> None:
                 == [("unknown", "interrupted")] * 2
             )
             keys = conn.execute("SELECT key, state, status FROM idempotency ORDER BY key")
-            assert keys.fetchall() == [
+            assert keys.fetchall() == [  # (a swept send's key replays its lost answer)
                 ("key-0", "in_flight", None),
                 ("key-1", "done", 504),
                 ("key-2", "done", 504),
@@ -72,3 +85,36 @@ async def test_only_lapsed_or_dead_leases_are_swept(tmp_path: Path) -> None:
 def test_pid_alive() -> None:
     assert pid_alive(os.getpid())
     assert not pid_alive(2**22 + 12345)
+
+
+async def test_an_outage_longer_than_the_lease_sweeps_no_live_process(tmp_path: Path) -> None:
+    """Every process's renewals stopped (the database was away for longer than a lease): once it
+    is back, no process takes another for dead until that one had a lease's time to renew."""
+    path = str(tmp_path / "gateway.db")
+    store = SqliteStore(path)
+    await store.open()
+    a = Lease(store, 2, swept_answer)
+    try:
+        await a.start()
+        await store_leases.register(store, "prc_b", "another-host", 1)  # B, renewed by hand
+        await store_teams.create_team(store, "payments", {}, utcnow())
+        assert await store_messages.reserve(store, "prc_b", batch(1)) is None
+        # the outage: neither renewed for 5 lease lengths (their last beats are that old)
+        old = iso(utcnow() - timedelta(seconds=10))
+        await store.run("UPDATE processes SET heartbeat_at = ?, renewed_since = ?", (old, old))
+        await a.renew()  # A is back first, and sweeps at once: B has not had its chance yet
+        assert (await a.sweep()).processes == 0
+        assert await store_leases.heartbeat(store, "prc_b", 2) is not None
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT status FROM messages").fetchall() == [("sending",)]
+        # B then stops for good (no more renewals): after a lease of A's unbroken renewals it is
+        # lapsed, and its send is swept
+        deadline = utcnow() + timedelta(seconds=8)
+        while utcnow() < deadline and (await a.sweep()).processes == 0:
+            await a.renew()
+            await asyncio.sleep(a.interval)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT status FROM messages").fetchall() == [("unknown",)]
+    finally:
+        await a.stop()
+        await store.close()

@@ -253,16 +253,27 @@ async def test_the_server_writes_only_json_lines(tmp_path: Path, provider: FakeP
                     f"{base}/messages", json={"to": "0788000001", "text": "hi"}, headers=SEND
                 ) as resp:
                     assert resp.status == 201
-            for header in (b"X-Big: " + b"a" * 9000, b"X-Nul: a\x00b"):
+            # What the parser refuses is problem+json too, and never echoes what was sent (an
+            # Authorization header among it); no answer names a software version.
+            secret = b"Bearer eyJhbGciOiJIUzI1NiJ9.secret-part"
+            for header, status in (
+                (b"Authorization: " + secret + b"a" * 9000, b"431"),
+                (b"Authorization: " + secret + b"\x00b", b"400"),
+            ):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 try:
                     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
                     await writer.drain()
-                    status_line = await asyncio.wait_for(reader.readline(), 10)
+                    answer = await asyncio.wait_for(reader.read(), 10)
                 finally:
                     writer.close()
                     await writer.wait_closed()
-                assert status_line.split()[1:2] == [b"400"], status_line
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.split()[1:2] == [status], answer
+                assert b"content-type: application/problem+json" in head.lower()
+                assert b"server: sms-gateway\r\n" in head.lower() + b"\r\n"
+                assert json.loads(body)["status"] == int(status)
+                assert b"secret-part" not in answer and b"aaaa" not in answer
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 20)
     logged = log_path.read_text()

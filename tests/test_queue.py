@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -109,10 +109,12 @@ async def test_queue_is_split_into_provider_sized_calls(
 async def test_scheduled_send_waits_for_send_at(
     make_client: ClientFactory, provider: FakeProvider, database: str
 ) -> None:
-    clock = FixedClock(datetime(2026, 11, 26, 8, 0, tzinfo=UTC))
-    client = await make_client(clock=clock)
+    # Due times are the database's clock (SPEC section 7, "One clock"), not the app's: a real
+    # send_at a few seconds ahead, in another offset.
+    client = await make_client()
     await create_team(client, "payments")
-    send_at = "2026-11-26T12:00:00+02:00"  # 10:00 UTC, two hours ahead
+    due = datetime.now(UTC) + timedelta(seconds=3)
+    send_at = due.astimezone(timezone(timedelta(hours=2))).isoformat()
     resp = await send(client, "0788000001", send_at=send_at)
     body = await resp.json()
     assert resp.status == 202, body
@@ -123,9 +125,8 @@ async def test_scheduled_send_waits_for_send_at(
     assert reserved["month"]["reserved_cost"] == 75
     await asyncio.sleep(1.5)  # more than one look at the queue
     assert provider.calls == [] and (await message(client, queued["id"]))["status"] == "scheduled"
-    clock.at = datetime(2026, 11, 26, 10, 0, 1, tzinfo=UTC)
     await eventually(lambda: all_in(client, [queued["id"]], {"sent"}))
-    assert len(provider.calls) == 1
+    assert len(provider.calls) == 1 and datetime.now(UTC) >= due
     after = await usage(client)
     assert (after["day"]["used"], after["day"]["reserved"]) == (1, 0)
     assert ledger_mismatches(database) == []
@@ -407,19 +408,19 @@ async def test_idempotent_queued_send_replays_its_202(
 async def test_queue_shows_in_metrics_and_list(
     make_client: ClientFactory, provider: FakeProvider
 ) -> None:
-    clock = FixedClock(datetime(2026, 11, 26, 8, 0, tzinfo=UTC))
-    client = await make_client(clock=clock)
+    client = await make_client()
     await create_team(client, "payments")
-    await send(client, ["0788000001", "0788000002"], send_at="2026-11-27T08:00:00Z")
+    provider.mode = "http429"  # once due, the provider refuses: they wait on, `queued`
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    await send(client, ["0788000001", "0788000002"], send_at=due.isoformat())
     resp = await client.get("/messages?status=scheduled", headers=SEND)
     assert [m["status"] for m in (await resp.json())["data"]] == ["scheduled", "scheduled"]
     text = await (await client.get("/metrics")).text()
     assert 'gateway_queue_depth{status="scheduled"} 2.0' in text
     assert 'gateway_queue_depth{status="queued"} 0.0' in text
     assert "gateway_queue_oldest_due_age_seconds 0.0" in text
-    provider.mode = "http429"
-    clock.at = datetime(2026, 11, 27, 8, 0, 30, tzinfo=UTC)  # due 30 s ago, and refused
     await eventually(lambda: asyncio.sleep(0, bool(provider.calls)))
+    await asyncio.sleep(1.0)
     text = await (await client.get("/metrics")).text()
     assert 'gateway_queue_depth{status="queued"} 2.0' in text
     age = next(
@@ -427,5 +428,10 @@ async def test_queue_shows_in_metrics_and_list(
         for line in text.splitlines()
         if line.startswith("gateway_queue_oldest_due_age_seconds ")
     )
-    assert age >= 30
-    assert "gateway_queue_retries_total 1.0" in text
+    assert age >= (datetime.now(UTC) - due).total_seconds() - 0.5 >= 0.5  # by the database
+    retries = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("gateway_queue_retries_total ")
+    )
+    assert retries >= 1

@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.clock import iso
+from gateway.keys import STORE
 from gateway.settings import Settings
 
 from .conftest import (
@@ -290,18 +292,26 @@ async def test_idempotent_replay_sends_and_charges_nothing(
     assert ledger_mismatches(settings.database) == []
 
 
-async def test_idempotent_provider_error_is_replayed(
-    client: Client, provider: FakeProvider
+@pytest.mark.parametrize(("mode", "status"), [("error", 502), ("http503", 503), ("http429", 503)])
+async def test_an_answer_that_sent_nothing_frees_the_key_for_a_real_retry(
+    client: Client, provider: FakeProvider, settings: Settings, mode: str, status: int
 ) -> None:
-    provider.mode = "error"
-    key = {**SEND, "Idempotency-Key": "err-1"}
-    first = await client.post("/messages", json={"to": "0788000001", "text": "x"}, headers=key)
-    body = await problem(first, 502, "provider_error")
+    """Stripe's rule: 502 and 503 say nothing was sent, so the key is not kept for them; the
+    retry with the same key and body sends for real, and then that answer is the key's."""
+    provider.mode = mode
+    key = {**SEND, "Idempotency-Key": f"otp-{mode}"}
+    body = {"to": "0788000001", "text": "x"}
+    first = await client.post("/messages", json=body, headers=key)
+    assert first.status == status, await first.text()
+    assert "Idempotent-Replayed" not in first.headers
+    assert query(settings.database, "SELECT COUNT(*) FROM idempotency")[0][0] == 0
     provider.mode = "success"
-    again = await client.post("/messages", json={"to": "0788000001", "text": "x"}, headers=key)
-    assert await problem(again, 502, "provider_error") == body
-    assert again.headers["Idempotent-Replayed"] == "true"
-    assert len(provider.calls) == 1
+    again = await client.post("/messages", json=body, headers=key)
+    assert again.status == 201 and "Idempotent-Replayed" not in again.headers
+    replay = await client.post("/messages", json=body, headers=key)
+    assert replay.status == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert await replay.json() == await again.json()
+    assert ledger_mismatches(settings.database) == []
 
 
 async def test_refused_requests_do_not_use_up_the_key(make_client: ClientFactory) -> None:
@@ -339,16 +349,21 @@ async def test_concurrent_duplicates_send_once(client: Client, provider: FakePro
 async def test_keys_expire_after_24_hours(
     make_client: ClientFactory, provider: FakeProvider
 ) -> None:
-    clock = FixedClock(datetime(2026, 11, 10, 9, 0, tzinfo=UTC))
-    client = await make_client(clock=clock)
+    # A key's 24 hours run on the database's clock: the key's row is aged by hand.
+    client = await make_client()
     await create_team(client, "payments")
     key = {**SEND, "Idempotency-Key": "daily-report"}
     body = {"to": "0788000001", "text": "x"}
     assert (await client.post("/messages", json=body, headers=key)).status == 201
-    clock.at += timedelta(hours=23, minutes=59)
+
+    async def age(by: timedelta) -> None:
+        at = iso(datetime.now(UTC) - by)
+        await client.app[STORE].run("UPDATE idempotency SET created_at = ?", (at,))
+
+    await age(timedelta(hours=23, minutes=59))
     replay = await client.post("/messages", json=body, headers=key)
     assert replay.headers.get("Idempotent-Replayed") == "true"
-    clock.at += timedelta(minutes=2)
+    await age(timedelta(hours=24, minutes=1))
     fresh = await client.post("/messages", json=body, headers=key)
     assert fresh.status == 201 and "Idempotent-Replayed" not in fresh.headers
     assert len(provider.calls) == 2
@@ -367,8 +382,7 @@ async def test_bad_idempotency_keys(client: Client) -> None:
 async def test_expired_keys_are_purged_at_start(
     make_client: ClientFactory, provider: FakeProvider, settings: Settings
 ) -> None:
-    clock = FixedClock(datetime(2026, 11, 10, 9, 0, tzinfo=UTC))
-    client = await make_client(clock=clock)
+    client = await make_client()
     await create_team(client, "payments")
     for key in ("old-1", "old-2"):
         await client.post(
@@ -381,7 +395,9 @@ async def test_expired_keys_are_purged_at_start(
         return int(query(settings.database, "SELECT COUNT(*) FROM idempotency")[0][0])
 
     assert keys() == 2
-    await make_client(clock=FixedClock(clock.at + timedelta(hours=25)))  # a later start
+    old = iso(datetime.now(UTC) - timedelta(hours=25))
+    await client.app[STORE].run("UPDATE idempotency SET created_at = ?", (old,))
+    await make_client()  # a later start
     async with asyncio.timeout(5):
         while keys():
             await asyncio.sleep(0.02)

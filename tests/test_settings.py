@@ -16,6 +16,7 @@ BASE = {
     "GATEWAY_PROVIDER_USERNAME": "u",
     "GATEWAY_PROVIDER_PASSWORD": "p",
     "GATEWAY_JWT_SECRET": "s" * 32,
+    "GATEWAY_SECRET_KEY": "k" * 32,
 }
 
 

@@ -8,10 +8,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from gateway.clock import iso, utcnow
 from gateway.errors import domain_error
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseBusy
@@ -132,16 +134,19 @@ async def test_expired_keys_are_forgotten_a_chunk_at_a_time(tmp_path: Path) -> N
         await store.run(
             "INSERT INTO teams (id, name, webhook_secret, created_at) VALUES ('t', 't', 's', 'x')"
         )
-        rows = [(f"old-{n}", "done", "2026-11-01T00:00:00.000Z") for n in range(45)]
-        rows += [(f"new-{n}", "done", "2026-11-03T00:00:00.000Z") for n in range(3)]
-        rows += [(f"flying-{n}", "in_flight", "2026-11-01T00:00:00.000Z") for n in range(2)]
+        # ages by the database's clock: a day and a half, and an hour
+        old = iso(utcnow() - timedelta(hours=36))
+        new = iso(utcnow() - timedelta(hours=1))
+        rows = [(f"old-{n}", "done", old) for n in range(45)]
+        rows += [(f"new-{n}", "done", new) for n in range(3)]
+        rows += [(f"flying-{n}", "in_flight", old) for n in range(2)]
         for key, state, created in rows:
             await store.run(
                 "INSERT INTO idempotency (team_id, key, request_hash, state, created_at)"
                 " VALUES ('t', ?, 'h', ?, ?)",
                 (key, state, created),
             )
-        assert await forget_expired_keys(store, "2026-11-02T00:00:00.000Z", chunk=10) == 45
+        assert await forget_expired_keys(store, 86400, chunk=10) == 45
         left = await store.fetchall("SELECT key FROM idempotency ORDER BY key")
         assert [r["key"] for r in left] == ["flying-0", "flying-1", "new-0", "new-1", "new-2"]
     finally:

@@ -18,6 +18,7 @@ from aiohttp_session import AbstractStorage, Session, get_session
 from ..clock import iso
 from ..store import Store
 from ..store import dashboard as store_dashboard
+from ..validation import refuse_unstorable, unstorable_fields
 
 COOKIE = "sms_gateway_dashboard"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -106,6 +107,7 @@ async def form_with_csrf(request: web.Request) -> dict[str, str]:
     except ValueError:
         raise web.HTTPBadRequest(text="the form cannot be read") from None
     fields = {k: v for k, v in posted.items() if isinstance(v, str)}
+    refuse_unstorable(unstorable_fields(fields))
     expected = session.get("csrf", "")
     if not (expected and hmac.compare_digest(fields.get("csrf", ""), expected)):
         raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong; nothing changed")

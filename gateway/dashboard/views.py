@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp_session import new_session
 
 from .. import numbers
-from ..clock import iso, parse_iso, periods
+from ..clock import parse_iso, periods
 from ..errors import GatewayError, NotFound, Unauthenticated
 from ..ids import lowest_ulid
 from ..keys import AUTH, CLOCK, METRICS, SETTINGS, STORE, TEAMS, TIMEZONE, WORKER
@@ -151,7 +151,7 @@ async def overview(request: web.Request) -> web.Response:
             series[status][index[hour]] += n
     labels = [parse_iso(h + ":00:00Z").astimezone(tz).strftime("%H:00") for h in hours]
     hooks = await outbox.webhook_counts(store)
-    queue = await store_queue.stats(store, iso(now))
+    queue = await store_queue.stats(store)
     return await _page(
         request,
         "overview.html",
@@ -168,7 +168,7 @@ async def overview(request: web.Request) -> web.Response:
             "unmatched": await store_dashboard.unmatched_reports(store),
             "queue": {
                 "depth": queue.depth,
-                "age": queue.age(now),
+                "age": queue.age(),
             },
             "chart": charts.stacked_bars(
                 labels,
@@ -479,7 +479,7 @@ async def retry_webhook(request: web.Request) -> web.Response:
     await form_with_csrf(request)
     app = request.config_dict
     hook_id = request.match_info["id"]
-    if await outbox.retry_webhook(app[STORE], hook_id, app[CLOCK]()) is None:
+    if await outbox.retry_webhook(app[STORE], hook_id) is None:
         raise NotFound(f"no webhook {hook_id!r}", code="webhook_not_found")
     app[WORKER].wake()
     location = request.app.router["webhooks"].url_for().with_query(retried=hook_id)

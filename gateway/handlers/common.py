@@ -12,6 +12,7 @@ from ..jsonio import dumps, loads
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..ratelimit import retry_after
 from ..store.teams import Team
+from ..validation import refuse_unstorable, unstorable_fields
 
 
 def json_response(
@@ -42,9 +43,11 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidJSON("the request body is empty; a JSON object is expected")
     try:
-        return loads(raw)
+        body = loads(raw)
     except ValueError as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+    refuse_unstorable(unstorable_fields(body))
+    return body
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
@@ -53,7 +56,9 @@ async def read_form(request: web.Request) -> dict[str, str]:
         posted = await request.post()
     except (ValueError, UnicodeDecodeError, AssertionError) as exc:
         raise InvalidBody(f"the form body cannot be read: {exc}") from None
-    return {k: v for k, v in posted.items() if isinstance(v, str)}
+    fields = {k: v for k, v in posted.items() if isinstance(v, str)}
+    refuse_unstorable(unstorable_fields(fields))
+    return fields
 
 
 async def principal(request: web.Request, token: str | None = None) -> Principal:

@@ -11,7 +11,13 @@ from ..errors import InvalidJSON, ValidationFailed, domain_error
 from ..jsonio import loads
 from ..keys import SEND, SETTINGS
 from ..sending import send
-from ..validation import callback_guard, check_callback_url, validate
+from ..validation import (
+    callback_guard,
+    check_callback_url,
+    refuse_unstorable,
+    unstorable_fields,
+    validate,
+)
 from .common import read_form, team_for
 
 
@@ -32,6 +38,7 @@ async def _fields(request: web.Request) -> dict[str, Any]:
             raise InvalidJSON("the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise InvalidJSON("the request body must be a JSON object")
+        refuse_unstorable(unstorable_fields(data))
         return data
     return await read_form(request)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from ..clock import iso
 from ..errors import Forbidden, GatewayError
 from ..keys import CLOCK, METRICS, SEND, SETTINGS, STORE, WORKER
+from ..provider import MAX_ID, clean
 from ..reports import Report, receive_report
 from .common import read_form
 
@@ -50,7 +51,7 @@ async def receive(request: web.Request) -> web.Response:
     state = params["dlvrMsgStat"].strip().upper()
     if state not in ("D", "U"):
         raise BadReport("dlvrMsgStat must be D (delivered) or U (undelivered)")
-    report = Report(batch_id, params["dlvrMsgId"].strip(), params["dnis"].strip(), state)
+    report = Report(batch_id, clean(params["dlvrMsgId"], MAX_ID), clean(params["dnis"]), state)
     outcome = await receive_report(
         app[STORE], report, iso(app[CLOCK]()), app[SETTINGS].webhook_retry_schedule[0]
     )

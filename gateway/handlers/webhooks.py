@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import NotFound, ValidationFailed
-from ..keys import CLOCK, STORE, WORKER
+from ..keys import STORE, WORKER
 from ..store.outbox import list_reports, list_webhooks, retry_webhook
 from .common import admin, json_response
 
@@ -47,7 +47,7 @@ async def list_hooks(request: web.Request) -> web.Response:
 async def retry_hook(request: web.Request) -> web.Response:
     """Queue a webhook again, now, with a fresh retry schedule."""
     await admin(request)
-    hook = await retry_webhook(request.app[STORE], request.match_info["id"], request.app[CLOCK]())
+    hook = await retry_webhook(request.app[STORE], request.match_info["id"])
     if hook is None:
         raise NotFound(f"no webhook {request.match_info['id']!r}", code="webhook_not_found")
     request.app[WORKER].wake()

@@ -13,7 +13,7 @@ from . import outbox
 from .db import Row, Sql, Store, Tx
 from .errors import DatabaseBusy, Refused
 from .rows import message_object, resource
-from .shared import append_event
+from .shared import append_event, now_plus, with_clock
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class Batch:
     messages: Sequence[NewMessage]
     client_dlr: str | None = None  # JSON: where a drop-in provider client wants its DLRs
     status: str = "sending"  # or, for a queued send, `queued` / `scheduled`
-    due_at: str | None = None  # queued: not sent before this
-    expires_at: str | None = None  # queued: `expired` if still unsent then
+    due_at: str | None = None  # scheduled: not sent before this (queued without: from now)
+    expires_at: str | None = None  # scheduled: `expired` if still unsent then
+    validity: float = 0.0  # queued without send_at: seconds from now (the database's) to expiry
 
     @property
     def queued(self) -> bool:
@@ -58,7 +59,7 @@ class IdempotencyClaim:
 
     key: str
     request_hash: str
-    live_after: str  # keys created before this instant have expired
+    window: float  # seconds a key lives, from its claim (by the database's clock)
     answer: KeyAnswer | None = None  # known at once (a queued send's 202): stored as the key's
 
 
@@ -73,13 +74,17 @@ class PriorAnswer:
     body: str | None
 
 
+_CLAIMED = with_clock(
+    "SELECT *, created_at < {expired} AS expired FROM idempotency WHERE team_id = ?1 AND key = ?2",
+    expired=now_plus("-?3"),
+)
+
+
 async def _claimed(tx: Tx, team_id: str, claim: IdempotencyClaim) -> PriorAnswer | None:
-    row = await tx.fetchone(
-        "SELECT * FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
-    )
+    row = await tx.fetchone(_CLAIMED, (team_id, claim.key, float(claim.window)))
     if row is None:
         return None
-    if row["created_at"] < claim.live_after:
+    if row["expired"]:
         await tx.execute(
             "DELETE FROM idempotency WHERE team_id = ? AND key = ?", (team_id, claim.key)
         )
@@ -134,6 +139,24 @@ def _first_event(batch: Batch) -> str:
     return orjson.dumps([{"status": batch.status, "at": batch.created_at}]).decode()
 
 
+_INSERT_KEY = with_clock(
+    "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
+    " owner, status, content_type, body) VALUES (?1, ?2, ?3, ?4, ?5, {now}, ?6, ?7, ?8, ?9)"
+)
+# A queued message is due from its send_at, or from now; it expires at its send_at's end of
+# validity, or `validity` seconds from now: the database's now, which every replica shares.
+_INSERT_MESSAGE = with_clock(
+    "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
+    " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
+    " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
+    " ?19, CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
+    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
+    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?21, {expiry}) END)",
+    expiry=now_plus("?22"),
+)
+
+
 async def _reserve(
     tx: Tx, owner: str, batch: Batch, claim: IdempotencyClaim | None
 ) -> quota.Refusal | PriorAnswer | None:
@@ -145,15 +168,13 @@ async def _reserve(
     if claim is not None:
         answer = claim.answer
         await tx.execute(
-            "INSERT INTO idempotency (team_id, key, request_hash, batch_id, state, created_at,"
-            " owner, status, content_type, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_KEY,
             (
                 batch.team_id,
                 claim.key,
                 claim.request_hash,
                 batch.batch_id,
                 "in_flight" if answer is None else "done",
-                batch.created_at,
                 owner if answer is None else None,
                 answer.status if answer else None,
                 answer.content_type if answer else None,
@@ -162,10 +183,7 @@ async def _reserve(
         )
     events = _first_event(batch)
     await tx.executemany(
-        "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
-        " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-        " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _INSERT_MESSAGE,
         [
             (
                 m.id,
@@ -188,8 +206,8 @@ async def _reserve(
                 batch.client_dlr,
                 None if batch.queued else owner,
                 batch.due_at,
-                batch.due_at,
                 batch.expires_at,
+                float(batch.validity),
             )
             for m in batch.messages
         ],
@@ -236,6 +254,7 @@ def _reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> d
         "status": batch.status,
         "due_at": batch.due_at,
         "expires_at": batch.expires_at,
+        "validity": batch.validity,
         "key_status": answer.status if answer else None,
         "key_type": answer.content_type if answer else None,
         "key_body": answer.body.decode() if answer else None,
@@ -537,19 +556,36 @@ async def answer_key(tx: Tx, team_id: str, key: str, answer: KeyAnswer) -> bool:
     )
 
 
-async def forget_expired_keys(store: Store, live_after: str, chunk: int = 2000) -> int:
-    """Delete Idempotency-Keys created before `live_after`; how many.
+_FORGET = with_clock(
+    "DELETE FROM idempotency WHERE (team_id, key) IN (SELECT team_id, key"
+    " FROM idempotency WHERE created_at < {expired} AND state = 'done' LIMIT ?2)",
+    expired=now_plus("-?1"),
+)
+
+
+async def release_key(tx: Tx, team_id: str, key: str, batch_id: str) -> bool:
+    """Free an in-flight Idempotency-Key that `batch_id` claimed, whose answer says nothing was
+    sent: the retry with the same key runs for real. False if it was not in flight (answered
+    already, or claimed by another request)."""
+    return bool(
+        await tx.execute(
+            "DELETE FROM idempotency WHERE team_id = ? AND key = ? AND batch_id = ?"
+            " AND state = 'in_flight'",
+            (team_id, key, batch_id),
+        )
+    )
+
+
+async def forget_expired_keys(store: Store, window: float, chunk: int = 2000) -> int:
+    """Delete answered Idempotency-Keys older than `window` seconds (the database's clock);
+    how many.
 
     An hour of keys can be many rows, and writes run on the event loop's thread, so they go
     `chunk` at a time, each its own write, with sends in between.
     """
     deleted = 0
     while True:
-        count = await store.run(
-            "DELETE FROM idempotency WHERE (team_id, key) IN (SELECT team_id, key"
-            " FROM idempotency WHERE created_at < ? AND state = 'done' LIMIT ?)",
-            (live_after, chunk),
-        )
+        count = await store.run(_FORGET, (float(window), chunk))
         deleted += count
         if count < chunk:
             return deleted

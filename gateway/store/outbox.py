@@ -4,12 +4,12 @@ layers above compose (gateway/reports.py, gateway/notify.py), and the worker's c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..clock import iso, parse_iso
 from .db import Row, Sql, Store, Tx
-from .shared import append_event
+from .shared import append_event, now_plus, with_clock
 
 
 async def team_callback_url(tx: Tx, team_id: str) -> str | None:
@@ -28,16 +28,24 @@ class NewWebhook:
     type: str
     url: str
     payload: str
-    next_attempt_at: str
+    delay: float  # seconds from now (the database's clock) to its first attempt
     created_at: str
     kind: str = "webhook"  # webhook | dlr
 
 
+_INSERT = with_clock(
+    "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+    " next_attempt_at, created_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', {due},"
+    " ?8, ?9)",
+    due=now_plus("?7"),
+)
+
+
 async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
-    """Queue one delivery, pending from `next_attempt_at`."""
+    """Queue one delivery, pending from `delay` seconds from now by the database's clock (the
+    replica that delivers it compares with the same clock)."""
     await tx.execute(
-        "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
-        " next_attempt_at, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        _INSERT,
         (
             hook.id,
             hook.message_id,
@@ -45,7 +53,7 @@ async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
             hook.type,
             hook.url,
             hook.payload,
-            hook.next_attempt_at,
+            float(hook.delay),
             hook.created_at,
             hook.kind,
         ),
@@ -135,20 +143,21 @@ class DueWebhook:
 
 
 # Replicas claim different rows at once: PostgreSQL skips the rows another claim has locked.
-_CLAIM = Sql(
-    *(
-        "UPDATE webhooks SET claimed_by = ?1, claim_until = ?2 WHERE id IN ("  # noqa: S608 - fixed SQL fragments only
-        " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= ?3"
-        f" AND (claim_until IS NULL OR claim_until < ?3) ORDER BY next_attempt_at LIMIT ?4{lock})"
-        " RETURNING id, url, payload, attempts, kind, next_attempt_at,"
-        " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret"
-        for lock in ("", " FOR UPDATE SKIP LOCKED")
-    )
+# Due times and claims are the database's clock, so a replica whose clock runs ahead neither
+# delivers early nor takes a claim that another replica still holds.
+_CLAIM = with_clock(
+    "UPDATE webhooks SET claimed_by = ?1, claim_until = {until} WHERE id IN ("
+    " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= {now}"
+    " AND (claim_until IS NULL OR claim_until < {now}) ORDER BY next_attempt_at LIMIT ?3{lock})"
+    " RETURNING id, url, payload, attempts, kind, next_attempt_at,"
+    " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret",
+    until=now_plus("?2"),
+    lock=Sql("", " FOR UPDATE SKIP LOCKED"),
 )
 
 
-async def _claim(tx: Tx, owner: str, now: str, until: str, limit: int) -> list[DueWebhook]:
-    rows = sorted(await tx.fetchall(_CLAIM, (owner, until, now, limit)), key=_due_order)
+async def _claim(tx: Tx, owner: str, lease: float, limit: int) -> list[DueWebhook]:
+    rows = sorted(await tx.fetchall(_CLAIM, (owner, float(lease), limit)), key=_due_order)
     return [
         DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["secret"], r["kind"])
         for r in rows
@@ -160,25 +169,35 @@ def _due_order(row: Row) -> tuple[str, str]:
 
 
 async def claim_due_webhooks(
-    store: Store, owner: str, now: datetime, limit: int, lease: float
+    store: Store, owner: str, limit: int, lease: float
 ) -> list[DueWebhook]:
-    """Claim up to `limit` pending webhooks due by `now` for `lease` seconds, oldest first.
+    """Claim up to `limit` pending webhooks due now for `lease` seconds, oldest first (both by
+    the database's clock).
 
     A claimed webhook is no one else's until its attempt is recorded or the claim lapses (its
     process died mid-attempt), so processes sharing the database deliver each once.
     """
-    return await store.write(_claim, owner, iso(now), iso(now + timedelta(seconds=lease)), limit)
+    return await store.write(_claim, owner, lease, limit)
 
 
-async def next_due_at(store: Store) -> datetime | None:
-    """When the earliest pending webhook is due (or its claim lapses)."""
-    row = await store.fetchone(
-        "SELECT (SELECT MIN(next_attempt_at) FROM webhooks WHERE status = 'pending'"
-        " AND claim_until IS NULL) AS due,"
-        " (SELECT MIN(claim_until) FROM webhooks WHERE claim_until IS NOT NULL) AS lapses"
-    )
-    times = [row[name] for name in ("due", "lapses") if row is not None and row[name]]
-    return parse_iso(min(times)) if times else None
+_NEXT_DUE = with_clock(
+    "SELECT (SELECT MIN(next_attempt_at) FROM webhooks WHERE status = 'pending'"
+    " AND claim_until IS NULL) AS due,"
+    " (SELECT MIN(claim_until) FROM webhooks WHERE claim_until IS NOT NULL) AS lapses,"
+    " {now} AS now"
+)
+
+
+async def next_due_in(store: Store) -> float | None:
+    """Seconds (by the database's clock) until the earliest pending webhook is due or a claim
+    lapses; None if nothing waits."""
+    row = await store.fetchone(_NEXT_DUE)
+    if row is None:
+        return None
+    times = [row[name] for name in ("due", "lapses") if row[name]]
+    if not times:
+        return None
+    return (parse_iso(min(times)) - parse_iso(row["now"])).total_seconds()
 
 
 async def record_attempt(
@@ -192,32 +211,31 @@ async def record_attempt(
     error: str | None,
     retry_in: float | None,
 ) -> bool:
-    """Record one attempt under this process's claim: delivered, retried after `retry_in`
-    seconds, or failed for good; False if the claim had lapsed and another took it."""
+    """Record one attempt under this process's claim: delivered, retried `retry_in` seconds
+    from now (the database's clock), or failed for good; False if the claim had lapsed and
+    another took it. `at` stamps the delivery for people to read."""
     if delivered:
-        status, next_at = "delivered", None
+        status = "delivered"
     elif retry_in is not None:
-        status, next_at = "pending", iso(at + timedelta(seconds=retry_in))
+        status = "pending"
     else:
-        status, next_at = "failed", None
-    return bool(
-        await store.run(_RECORD, (status, next_at, http_status, error, iso(at), webhook_id, owner))
-    )
+        status = "failed"
+    params = (status, float(retry_in or 0), http_status, error, iso(at), webhook_id, owner)
+    return bool(await store.run(_RECORD, params))
 
 
-_RECORD = Sql(
-    *(
-        "UPDATE webhooks SET attempts = attempts + 1, status = ?1, next_attempt_at = ?2,"  # noqa: S608 - fixed SQL fragments only
-        " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
-        " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
-        # a delivered DLR needs its client's password no more
-        f" payload = CASE WHEN ?1 = 'delivered' AND kind = 'dlr' THEN {removed}"
-        " ELSE payload END WHERE id = ?6 AND claimed_by = ?7"
-        for removed in (
-            "json_remove(payload, '$.password_sealed')",
-            "(payload::jsonb - 'password_sealed')::text",
-        )
-    )
+_RECORD = with_clock(
+    "UPDATE webhooks SET attempts = attempts + 1, status = ?1,"
+    " next_attempt_at = CASE WHEN ?1 = 'pending' THEN {retry_at} END,"
+    " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
+    " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
+    # a delivered DLR needs its client's password no more
+    " payload = CASE WHEN ?1 = 'delivered' AND kind = 'dlr' THEN {removed}"
+    " ELSE payload END WHERE id = ?6 AND claimed_by = ?7",
+    retry_at=now_plus("?2"),
+    removed=Sql(
+        "json_remove(payload, '$.password_sealed')", "(payload::jsonb - 'password_sealed')::text"
+    ),
 )
 
 
@@ -258,12 +276,15 @@ async def list_webhooks(
     return [webhook_resource(r) for r in rows]
 
 
-async def retry_webhook(store: Store, webhook_id: str, at: datetime) -> dict[str, Any] | None:
-    """Put a webhook back in the queue, due now, with a fresh retry schedule."""
-    changed = await store.run(
-        "UPDATE webhooks SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE id = ?",
-        (iso(at), webhook_id),
-    )
+_RETRY = with_clock(
+    "UPDATE webhooks SET status = 'pending', attempts = 0, next_attempt_at = {now} WHERE id = ?1"
+)
+
+
+async def retry_webhook(store: Store, webhook_id: str) -> dict[str, Any] | None:
+    """Put a webhook back in the queue, due now (the database's clock), with a fresh retry
+    schedule."""
+    changed = await store.run(_RETRY, (webhook_id,))
     if not changed:
         return None
     row = await store.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))

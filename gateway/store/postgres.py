@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from itertools import count
 from typing import Any, TypeVar
@@ -349,26 +349,31 @@ class PostgresStore(Store):
 
     async def _flush(self, function: str) -> None:
         """One call of `function` for the items waiting for it, once a connection is free
-        (the items that arrive meanwhile join the group); each caller gets its item's entry."""
+        (the items that arrive meanwhile join the group); each caller gets its item's entry.
+        An error that one item caused (data PostgreSQL cannot take, a constraint) fails that
+        item alone: the group, rolled back whole, is called again one item at a time."""
         group: Waiting = []
-        sql = f"SELECT {function}($1::jsonb)"
-        patience = _Patience(self.retry_for)
-        conflicts = _Conflicts(self.retry_for)
+
+        async def call(conn: Connection) -> list[str] | None:
+            nonlocal group
+            group = group or self._take(function)
+            try:
+                return await _call(conn, function, [item for item, _ in group])
+            except CONFLICTS:
+                raise
+            except asyncpg.PostgresError as exc:
+                if len(group) == 1:
+                    raise
+                log.warning(
+                    "%s: a group of %d failed (%s); calling its items one by one",
+                    function,
+                    len(group),
+                    type(exc).__name__,
+                )
+                return None
+
         try:
-            while True:
-                try:
-                    async with self._connection() as conn:
-                        group = group or self._take(function)
-                        items = orjson.dumps([item for item, _ in group]).decode()
-                        try:
-                            results: list[str] = await conn.fetchval(sql, items)
-                        except CONNECTION_ERRORS as exc:
-                            raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
-                    break
-                except CONFLICTS:
-                    await conflicts.wait()
-                except _NoConnection as exc:
-                    await patience.wait(exc)
+            results = await self._retried(call)
         except BaseException as exc:
             for _, future in group or self._take(function):
                 if not future.done():
@@ -376,9 +381,41 @@ class PostgresStore(Store):
             if not isinstance(exc, Exception):
                 raise
             return
+        if results is None:
+            await asyncio.gather(*(self._call_alone(function, i, f) for i, f in group))
+            return
         for (_, future), result in zip(group, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    async def _call_alone(self, function: str, item: Any, future: asyncio.Future[str]) -> None:
+        """`function` for one item in a call of its own; its caller gets the entry or error."""
+
+        async def call(conn: Connection) -> list[str]:
+            return await _call(conn, function, [item])
+
+        try:
+            result = (await self._retried(call))[0]
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
+
+    async def _retried(self, block: Callable[[Connection], Awaitable[T]]) -> T:
+        """`block(conn)` on a pooled connection: failing to get one is retried for
+        `retry_for` seconds, and a deadlock (nothing was kept) runs the block again."""
+        patience = _Patience(self.retry_for)
+        conflicts = _Conflicts(self.retry_for)
+        while True:
+            try:
+                async with self._connection() as conn:
+                    return await block(conn)
+            except CONFLICTS:
+                await conflicts.wait()
+            except _NoConnection as exc:
+                await patience.wait(exc)
 
     async def fetchall(self, sql: Statement, params: Iterable[Any] = ()) -> list[Row]:
         """All rows of a read; a lost connection is retried for `retry_for` seconds."""
@@ -390,6 +427,17 @@ class PostgresStore(Store):
                     return list(await conn.fetch(text, *args))
             except RETRYABLE as exc:
                 await patience.wait(exc)
+
+
+async def _call(conn: Connection, function: str, items: list[Any]) -> list[str]:
+    """One call of a group function; a connection lost during it leaves the outcome unknown."""
+    try:
+        results: list[str] = await conn.fetchval(
+            f"SELECT {function}($1::jsonb)", orjson.dumps(items).decode()
+        )
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnreachable(str(exc), committed_unknown=True) from None
+    return results
 
 
 async def _keep(_conn: Connection) -> None:

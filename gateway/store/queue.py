@@ -7,14 +7,13 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from ..clock import parse_iso
 from .db import Row, Sql, Store, Tx
 from .messages import UsageDelta, bump
 from .rows import resource
-from .shared import append_event
+from .shared import append_event, now_plus, with_clock
 
 WAITING = ("queued", "scheduled")
 _WAITING_SQL = "('queued', 'scheduled')"
@@ -23,26 +22,25 @@ _WAITING_SQL = "('queued', 'scheduled')"
 # `sending` under the dispatcher's lease: from here they are handed to the provider at once,
 # and settle (or are swept to `unknown`) exactly as a direct send's are. On PostgreSQL, rows
 # another replica is claiming are skipped, not waited for.
-_OLDEST_DUE = Sql(
-    sqlite=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608 - fixed SQL fragments only
-    " AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY next_attempt_at, id LIMIT 1",
+# Due and unexpired by the database's clock (`{now}`): a replica whose own clock runs ahead
+# sends nothing early and expires nothing early. (`?1` is this process's time, for the
+# timeline only.)
+_OLDEST_DUE = with_clock(
+    f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608 - fixed SQL fragments only
+    " AND next_attempt_at <= {now} AND expires_at > {now}{lock} ORDER BY next_attempt_at, id"
+    " LIMIT 1",
     # one replica claims a batch at a time (so a batch goes out in as few calls as it can):
     # a batch another replica is claiming is skipped, as its locked rows are below
-    postgresql=f"SELECT team_id, batch_id FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
-    " AND next_attempt_at <= ?1 AND expires_at > ?1"
-    " AND pg_try_advisory_xact_lock(hashtext('queue:' || batch_id))"
-    " ORDER BY next_attempt_at, id LIMIT 1",
+    lock=Sql("", " AND pg_try_advisory_xact_lock(hashtext('queue:' || batch_id))"),
 )
-_CLAIM = Sql(
-    *(
-        f"UPDATE messages SET status = 'sending', owner = ?2, events = {append}"  # noqa: S608
-        f" WHERE status IN {_WAITING_SQL} AND id IN (SELECT id FROM messages"
-        f" WHERE team_id = ?3 AND batch_id = ?4 AND status IN {_WAITING_SQL}"
-        f" AND next_attempt_at <= ?1 AND expires_at > ?1 ORDER BY id LIMIT ?5{lock}) RETURNING *"
-        for append, lock in zip(
-            append_event("'sending'", "?1"), ("", " FOR UPDATE SKIP LOCKED"), strict=True
-        )
-    )
+_CLAIM = with_clock(
+    "UPDATE messages SET status = 'sending', owner = ?2, events = {append}"  # noqa: S608
+    f" WHERE status IN {_WAITING_SQL} AND id IN (SELECT id FROM messages"
+    f" WHERE team_id = ?3 AND batch_id = ?4 AND status IN {_WAITING_SQL}"
+    " AND next_attempt_at <= {now} AND expires_at > {now} ORDER BY id LIMIT ?5{lock})"
+    " RETURNING *",
+    append=append_event("'sending'", "?1"),
+    lock=Sql("", " FOR UPDATE SKIP LOCKED"),
 )
 
 
@@ -52,27 +50,33 @@ async def claim_due(tx: Tx, owner: str, now: str, limit: int, leading: bool = Fa
     `leading`, only while `owner` is still the dispatcher."""
     if leading and not await holds_lead(tx, owner):
         return []
-    oldest = await tx.fetchone(_OLDEST_DUE, (now,))
+    oldest = await tx.fetchone(_OLDEST_DUE)
     if oldest is None:
         return []
     rows = await tx.fetchall(_CLAIM, (now, owner, oldest["team_id"], oldest["batch_id"], limit))
     return sorted(rows, key=lambda r: r["id"])
 
 
+_REQUEUE = with_clock(
+    "UPDATE messages SET status = 'queued', owner = NULL, next_attempt_at = {retry_at},"
+    " events = ?2, error_code = ?3, error_detail = ?4, attempts = attempts + 1"
+    " WHERE id = ?5 AND status = 'sending' AND owner = ?6",
+    retry_at=now_plus("?1"),
+)
+
+
 async def requeue(
-    tx: Tx, owner: str, rows: Sequence[Row], retry_at: str, code: str, detail: str
+    tx: Tx, owner: str, rows: Sequence[Row], delay: float, code: str, detail: str
 ) -> int:
     """Put claimed messages back in the queue (the provider certainly did not take them), to
-    be tried again from `retry_at`; their timeline loses the `sending` the claim added and their
-    `error` says why they wait. How many were still `owner`'s to put back."""
+    be tried again `delay` seconds from now (the database's clock); their timeline loses the
+    `sending` the claim added and their `error` says why they wait. How many were still
+    `owner`'s to put back."""
     moved = 0
     for row in rows:
         events = json.loads(row["events"])[:-1]
         moved += await tx.execute(
-            "UPDATE messages SET status = 'queued', owner = NULL, next_attempt_at = ?,"
-            " events = ?, error_code = ?, error_detail = ?, attempts = attempts + 1"
-            " WHERE id = ? AND status = 'sending' AND owner = ?",
-            (retry_at, json.dumps(events), code, detail, row["id"], owner),
+            _REQUEUE, (float(delay), json.dumps(events), code, detail, row["id"], owner)
         )
     return moved
 
@@ -120,49 +124,51 @@ async def end_unsent(
 _LOCK = Sql(sqlite="", postgresql=" FOR UPDATE")
 
 
-async def waiting_rows(tx: Tx, where: str, params: Sequence[Any], limit: int = 500) -> list[Row]:
-    """Waiting messages matching `where` (fixed SQL with placeholders), locked on PostgreSQL."""
+async def waiting_rows(
+    tx: Tx, where: str | Sql, params: Sequence[Any], limit: int = 500
+) -> list[Row]:
+    """Waiting messages matching `where` (fixed SQL with placeholders, the same for both
+    databases or a pair), locked on PostgreSQL."""
+    both = Sql(where, where) if isinstance(where, str) else where
     return await tx.fetchall(
         Sql(
             *(
-                f"SELECT * FROM messages WHERE status IN {_WAITING_SQL} AND {where}"  # noqa: S608
+                f"SELECT * FROM messages WHERE status IN {_WAITING_SQL} AND {condition}"  # noqa: S608
                 f" ORDER BY id LIMIT {int(limit)}{lock}"
-                for lock in _LOCK
+                for condition, lock in zip(both, _LOCK, strict=True)
             )
         ),
         params,
     )
 
 
-async def expiring(tx: Tx, now: str, limit: int = 500) -> list[Row]:
-    """Waiting messages whose validity ended at or before `now`."""
-    return await waiting_rows(tx, "expires_at <= ?", (now,), limit)
+async def expiring(tx: Tx, limit: int = 500) -> list[Row]:
+    """Waiting messages whose validity has ended by the database's clock."""
+    return await waiting_rows(tx, with_clock("expires_at <= {now}"), (), limit)
 
 
-async def any_expiring(store: Store, now: str) -> bool:
-    """Whether a waiting message's validity ended at or before `now` (a read: the write that
-    ends them is only made when there is something to end)."""
-    row = await store.fetchone(
-        f"SELECT 1 FROM messages WHERE status IN {_WAITING_SQL} AND expires_at <= ? LIMIT 1",  # noqa: S608
-        (now,),
-    )
-    return row is not None
-
-
-_LEAD = (
-    "UPDATE dispatcher SET holder = ?1, until = {now} + ?2 WHERE id = 1 AND (holder = ?1"
-    " OR holder IS NULL OR until < {now} OR holder NOT IN (SELECT id FROM processes))"
+_ANY_EXPIRING = with_clock(
+    f"SELECT 1 FROM messages WHERE status IN {_WAITING_SQL} AND expires_at <= {{now}} LIMIT 1"  # noqa: S608
 )
 
 
-async def lead(store: Store, me: str, seconds: float, now: float) -> bool:
+async def any_expiring(store: Store) -> bool:
+    """Whether a waiting message's validity has ended by the database's clock (a read: the
+    write that ends them is only made when there is something to end)."""
+    return await store.fetchone(_ANY_EXPIRING) is not None
+
+
+_LEAD = with_clock(
+    "UPDATE dispatcher SET holder = ?1, until = {epoch} + ?2 WHERE id = 1 AND (holder = ?1"
+    " OR holder IS NULL OR until < {epoch} OR holder NOT IN (SELECT id FROM processes))"
+)
+
+
+async def lead(store: Store, me: str, seconds: float) -> bool:
     """Take (or keep) the dispatcher's role for `seconds`: True if `me` holds it now. It is
-    free when no one holds it, its holder let it lapse, or its holder's lease is gone. On
-    PostgreSQL the database's clock decides, so replicas whose clocks differ agree."""
-    if store.kind == "postgresql":
-        sql = _LEAD.format(now="EXTRACT(EPOCH FROM clock_timestamp())::float8")
-        return bool(await store.run(sql, (me, seconds)))
-    return bool(await store.run(_LEAD.format(now="?3"), (me, seconds, now)))
+    free when no one holds it, its holder let it lapse, or its holder's lease is gone. The
+    database's clock decides, so replicas whose clocks differ agree."""
+    return bool(await store.run(_LEAD, (me, float(seconds))))
 
 
 async def resign(store: Store, me: str) -> None:
@@ -182,19 +188,26 @@ async def holds_lead(tx: Tx, me: str) -> bool:
 @dataclass(frozen=True)
 class QueueStats:
     """What waits in the queue: messages by status, and when the longest-waiting one that is
-    due became due (None if none is due yet)."""
+    due became due (None if none is due yet), with the database's time of the look."""
 
     depth: dict[str, int]
     oldest_due_at: str | None
+    now: str = ""
 
-    def age(self, now: datetime) -> float | None:
+    def age(self) -> float | None:
         """Seconds the oldest due message has waited past its due time (None: none is due)."""
         if self.oldest_due_at is None:
             return None
-        return max(0.0, (now - parse_iso(self.oldest_due_at)).total_seconds())
+        return max(0.0, (parse_iso(self.now) - parse_iso(self.oldest_due_at)).total_seconds())
 
 
-async def stats(store: Store, now: str) -> QueueStats:
+_OLDEST = with_clock(
+    f"SELECT MIN(due_at) AS due_at, {{now}} AS now FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+    " AND due_at <= {now}"
+)
+
+
+async def stats(store: Store) -> QueueStats:
     """The queue's depth by status, and the oldest due message's due time."""
     rows = await store.fetchall(
         f"SELECT status, COUNT(*) AS n FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
@@ -202,23 +215,24 @@ async def stats(store: Store, now: str) -> QueueStats:
     )
     depth = dict.fromkeys(WAITING, 0)
     depth.update({r["status"]: int(r["n"]) for r in rows})
-    oldest = await store.fetchone(
-        f"SELECT MIN(due_at) AS due_at FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
-        " AND due_at <= ?",
-        (now,),
-    )
-    return QueueStats(depth, oldest["due_at"] if oldest else None)
+    oldest = await store.fetchone(_OLDEST)
+    assert oldest is not None  # an aggregate always has its row
+    return QueueStats(depth, oldest["due_at"], oldest["now"])
 
 
-async def next_attempt(store: Store, now: str) -> str | None:
-    """When the dispatcher may next take a waiting message that has not expired by `now`
-    (None if nothing waits)."""
-    row = await store.fetchone(
-        f"SELECT next_attempt_at FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
-        " AND expires_at > ? ORDER BY next_attempt_at, id LIMIT 1",
-        (now,),
-    )
-    return row["next_attempt_at"] if row else None
+_NEXT_ATTEMPT = with_clock(
+    f"SELECT next_attempt_at, {{now}} AS now FROM messages WHERE status IN {_WAITING_SQL}"  # noqa: S608
+    " AND expires_at > {now} ORDER BY next_attempt_at, id LIMIT 1"
+)
+
+
+async def next_attempt(store: Store) -> float | None:
+    """Seconds (by the database's clock) until the dispatcher may next take a waiting message
+    that has not expired: 0 or less when one is due now; None if nothing waits."""
+    row = await store.fetchone(_NEXT_ATTEMPT)
+    if row is None:
+        return None
+    return (parse_iso(row["next_attempt_at"]) - parse_iso(row["now"])).total_seconds()
 
 
 async def reserved(
