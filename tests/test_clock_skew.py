@@ -21,7 +21,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .conftest import FakeProvider, free_port, gateway_process, ledger_mismatches, mint, serve_env
+from .conftest import (
+    FakeProvider,
+    free_port,
+    gateway_process,
+    ledger_mismatches,
+    mint,
+    query,
+    serve_env,
+)
 
 pytestmark = pytest.mark.postgresql
 
@@ -150,4 +158,92 @@ async def test_skewed_replicas_sweep_nothing_live_and_deliver_each_webhook_once(
         assert min(provider.times[calls_before:]) >= due - 0.5
         async with http.get(f"{a}/messages?status=expired", headers=SENDER) as resp:
             assert (await resp.json())["data"] == []
+    assert ledger_mismatches(database) == []
+
+
+class DatabaseLink:
+    """A TCP relay between the replicas and PostgreSQL that can be cut (every connection
+    dropped, new ones refused) and mended: a database outage, for these processes only."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.cut = False
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    def sever(self) -> None:
+        self.cut = True
+        for w in list(self._writers):
+            w.close()
+
+    async def stop(self) -> None:
+        self.sever()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_an_outage_longer_than_the_lease_sweeps_nothing_live(
+    database: str, provider: FakeProvider
+) -> None:
+    """Both replicas lose the database for three lease lengths while sends are at the provider;
+    once it is back, neither takes the other for dead: every send answers 201 `sent`, and no
+    message was ever `unknown`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(database)
+    link = DatabaseLink((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await link.start()
+    relayed = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{link.port}"))
+    ports = free_port(), free_port()
+    starts = [
+        gateway_process(serve_env(relayed, port, provider.url, lease_seconds="2"), port)
+        for port in ports
+    ]
+    try:
+        async with starts[0], starts[1], aiohttp.ClientSession() as http:
+            a, b = (f"http://127.0.0.1:{p}" for p in ports)
+            async with http.post(f"{a}/admin/teams", json={"id": "payments"}, headers=ADMIN) as r:
+                assert r.status == 201
+            provider.delay = 10.0
+
+            async def send(base: str, n: int) -> int:
+                body = {"to": [f"07881{n:05d}"], "text": "code 1234"}
+                async with http.post(f"{base}/messages", json=body, headers=SENDER) as resp:
+                    return resp.status
+
+            sends = asyncio.gather(*(send((a, b)[n % 2], n) for n in range(6)))
+            async with asyncio.timeout(5):
+                while len(provider.calls) < 6:  # all reserved, all at the provider
+                    await asyncio.sleep(0.05)
+            link.sever()
+            await asyncio.sleep(6)  # three lease lengths without a renewal, anywhere
+            link.cut = False
+            assert await sends == [201] * 6
+    finally:
+        await link.stop()
+    rows = query(database, "SELECT status, events FROM messages")
+    assert [r[0] for r in rows] == ["sent"] * 6
+    assert not [r for r in rows if "unknown" in r[1]], rows
     assert ledger_mismatches(database) == []

@@ -118,3 +118,39 @@ async def test_an_outage_longer_than_the_lease_sweeps_no_live_process(tmp_path: 
     finally:
         await a.stop()
         await store.close()
+
+
+async def test_a_catch_up_that_cannot_land_leaves_the_batch_as_the_sweep_would(
+    tmp_path: Path,
+) -> None:
+    """Nothing stays `sending` under a live process forever: a stored outcome that keeps
+    failing is given up after its window, its rows `unknown` (charged) and its key 504."""
+    from gateway.sending import CatchUp
+
+    path = str(tmp_path / "gateway.db")
+    store = SqliteStore(path)
+    await store.open()
+    lease = Lease(store, 30, swept_answer)
+    try:
+        await lease.start()
+        await store_teams.create_team(store, "payments", {}, utcnow())
+        claim = store_messages.IdempotencyClaim("otp", "h", 86400)
+        assert await store_messages.reserve(store, lease.id, batch(7), claim) is None
+
+        async def failing() -> None:  # a write the database refuses every time
+            await store.run("INSERT INTO no_such_table VALUES (1)")
+
+        catch_up = CatchUp(store, lease.id, swept_answer, patience=0.3)
+        catch_up.add(failing, "the outcome of batch bat_7", "bat_7")
+        await asyncio.sleep(1.5)
+        await catch_up.stop()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT status, error_code, cost FROM messages").fetchall() == [
+                ("unknown", "interrupted", 75)
+            ]
+            assert conn.execute("SELECT state, status FROM idempotency").fetchall() == [
+                ("done", 504)
+            ]
+    finally:
+        await lease.stop()
+        await store.close()
