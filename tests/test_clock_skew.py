@@ -62,15 +62,18 @@ def skewed(env: dict[str, str], offset: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def skewed_replicas(
-    database: str, provider: FakeProvider, **env: str
+    database: str, provider: FakeProvider, procs: list[Any] | None = None, **env: str
 ) -> AsyncIterator[tuple[str, str]]:
-    """Replica A 90 s ahead, replica B 90 s behind, on one database."""
+    """Replica A 90 s ahead, replica B 90 s behind, on one database (their processes are
+    appended to `procs`)."""
     ports = free_port(), free_port()
     starts = [
         gateway_process(skewed(serve_env(database, port, provider.url, **env), offset), port)
         for port, offset in zip(ports, ("+90s", "-90s"), strict=True)
     ]
-    async with starts[0], starts[1]:
+    async with starts[0] as first, starts[1] as second:
+        if procs is not None:
+            procs += [first, second]
         yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
 
 
@@ -246,4 +249,50 @@ async def test_an_outage_longer_than_the_lease_sweeps_nothing_live(
     rows = query(database, "SELECT status, events FROM messages")
     assert [r[0] for r in rows] == ["sent"] * 6
     assert not [r for r in rows if "unknown" in r[1]], rows
+    assert ledger_mismatches(database) == []
+
+
+async def test_skewed_replicas_keep_the_rate_as_the_dispatchers_turn_changes_hands(
+    database: str, provider: FakeProvider
+) -> None:
+    """GATEWAY_PROVIDER_MAX_RATE across replicas 180 s apart: the dispatcher's turn is the
+    database's clock, so neither takes it while the other holds it, and when its holder is
+    killed the other takes over without a second that holds more calls than the rate."""
+    import signal
+
+    from .test_queue_processes import calls_per_recipient, drained, times_per_second
+
+    rate = 5
+    procs: list[Any] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        skewed_replicas(
+            database,
+            provider,
+            procs,
+            provider_max_rate=str(rate),
+            lease_seconds="3",
+            max_clock_offset="100",
+        ) as (a, b),
+    ):
+        async with http.post(f"{a}/admin/teams", json={"id": "school"}, headers=ADMIN) as r:
+            assert r.status == 201
+        school = {"Authorization": f"Bearer {mint('school', iat=ISSUED)}"}
+        for n in range(30):
+            body = {"to": [f"07882{n:05d}"], "text": "Term results", "queue": True}
+            async with http.post(f"{(a, b)[n % 2]}/messages", json=body, headers=school) as r:
+                assert r.status == 202, await r.text()
+        async with asyncio.timeout(20):
+            while len(provider.calls) < 8:
+                await asyncio.sleep(0.05)
+        holder = "SELECT p.pid FROM dispatcher d JOIN processes p ON p.id = d.holder"
+        [(pid,)] = query(database, holder)
+        dying = next(p for p in procs if p.pid == pid)
+        dying.send_signal(signal.SIGKILL)
+        await dying.wait()
+        await drained(database, within=60)
+        [(survivor,)] = query(database, holder)
+        assert survivor != pid
+    assert max(calls_per_recipient(provider).values()) == 1
+    assert times_per_second(provider) <= rate
     assert ledger_mismatches(database) == []
