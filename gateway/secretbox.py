@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .settings import ConfigError, Settings
 from .store import Store
-from .store.db import Tx
+from .store.db import Tx, is_postgres
 
 PREFIX = "v1."
 CONTEXT = "client_dlr"
@@ -81,7 +81,7 @@ def configured_secret(settings: Settings) -> bytes | None:
 def _sandbox_secret(settings: Settings) -> bytes:
     """A sandbox without a key makes one: in a file beside its SQLite database (so a restart and
     the processes sharing the file agree), or for this process alone."""
-    if settings.database == ":memory:" or settings.database.startswith(("postgres", "file:")):
+    if settings.database == ":memory:" or is_postgres(settings.database):
         return secrets.token_hex(32).encode()
     path = Path(settings.database + ".secret-key")
     if not path.exists():

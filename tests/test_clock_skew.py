@@ -62,7 +62,10 @@ def skewed(env: dict[str, str], offset: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def skewed_replicas(
-    database: str, provider: FakeProvider, procs: list[Any] | None = None, **env: str
+    database: str,
+    provider: FakeProvider,
+    procs: list[asyncio.subprocess.Process] | None = None,
+    **env: str,
 ) -> AsyncIterator[tuple[str, str]]:
     """Replica A 90 s ahead, replica B 90 s behind, on one database (their processes are
     appended to `procs`)."""
@@ -258,12 +261,16 @@ async def test_skewed_replicas_keep_the_rate_as_the_dispatchers_turn_changes_han
     """GATEWAY_PROVIDER_MAX_RATE across replicas 180 s apart: the dispatcher's turn is the
     database's clock, so neither takes it while the other holds it, and when its holder is
     killed the other takes over without a second that holds more calls than the rate."""
-    import signal
-
-    from .test_queue_processes import calls_per_recipient, drained, times_per_second
+    from .test_queue_processes import (
+        calls_per_recipient,
+        dispatcher_pid,
+        drained,
+        kill_the_dispatcher,
+        times_per_second,
+    )
 
     rate = 5
-    procs: list[Any] = []
+    procs: list[asyncio.subprocess.Process] = []
     async with (
         aiohttp.ClientSession() as http,
         skewed_replicas(
@@ -285,14 +292,9 @@ async def test_skewed_replicas_keep_the_rate_as_the_dispatchers_turn_changes_han
         async with asyncio.timeout(20):
             while len(provider.calls) < 8:
                 await asyncio.sleep(0.05)
-        holder = "SELECT p.pid FROM dispatcher d JOIN processes p ON p.id = d.holder"
-        [(pid,)] = query(database, holder)
-        dying = next(p for p in procs if p.pid == pid)
-        dying.send_signal(signal.SIGKILL)
-        await dying.wait()
+        pid = await kill_the_dispatcher(database, procs)
         await drained(database, within=60)
-        [(survivor,)] = query(database, holder)
-        assert survivor != pid
+        assert dispatcher_pid(database) != pid
     assert max(calls_per_recipient(provider).values()) == 1
     assert times_per_second(provider) <= rate
     assert ledger_mismatches(database) == []
