@@ -40,7 +40,7 @@ import aiohttp
 import asyncpg
 import jwt
 
-from gateway.loop import install_fast_loop
+from gateway.platform.loop import install_fast_loop
 from gateway.store.sqlite import SqliteStore
 
 SECRET = "bench-secret-bench-secret-bench-secret-0123"

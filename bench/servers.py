@@ -15,7 +15,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from gateway.loop import install_fast_loop
+from gateway.platform.loop import install_fast_loop
 
 QUEUED_TEXT = "Queued notice"  # the text the drain bench queues: its calls are recorded
 

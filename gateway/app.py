@@ -17,15 +17,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from . import refusals
-from .auth import Authenticator
-from .callbacks import GuardedResolver
-from .clock import Clock, iso, utcnow
 from .dashboard import setup_dashboard
-from .dispatch import Dispatcher
-from .dlrtoken import DlrTokens
+from .delivery.callbacks import GuardedResolver
+from .delivery.dlrtoken import DlrTokens
+from .delivery.webhooks import WebhookWorker
 from .errors import problem_for
-from .ids import lowest_ulid
 from .keys import (
     AUTH,
     CLOCK,
@@ -42,8 +38,11 @@ from .keys import (
     TIMEZONE,
     WORKER,
 )
-from .leases import ClockOffset, Lease
-from .logs import (
+from .platform import refusals
+from .platform.clock import Clock, iso, utcnow
+from .platform.ids import lowest_ulid
+from .platform.leases import ClockOffset, Lease
+from .platform.logs import (
     REQUEST_FIELDS,
     REQUEST_ID_HEADER,
     quiet_parser_errors,
@@ -51,22 +50,23 @@ from .logs import (
     request_id,
     request_id_for,
 )
-from .metrics import Metrics
-from .provider import ProviderClient
-from .proxies import Proxies
-from .ratelimit import RateLimiter
+from .platform.metrics import Metrics
+from .platform.secretbox import open_box
+from .platform.settings import Settings
+from .provider.client import ProviderClient
+from .provider.proxies import Proxies
+from .provider.sandbox import Simulator
+from .provider.transport import Upstream
 from .routes import setup_routes
-from .sandbox import Simulator
-from .secretbox import open_box
-from .sending import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
-from .settings import Settings
+from .sending.dispatch import Dispatcher
+from .sending.validation import callback_guard, refuse_unstorable
+from .sending.workflow import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .store import make_store
 from .store.messages import forget_expired_keys
 from .store.retention import delete_older_than
 from .store.teams import TeamCache
-from .upstream import Upstream
-from .validation import callback_guard, refuse_unstorable
-from .webhooks import WebhookWorker
+from .teams.auth import Authenticator
+from .teams.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway")
 

@@ -13,19 +13,19 @@ from dataclasses import replace
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .clock import utcnow
 from .errors import GatewayError, domain_error
-from .sandbox import signing_key as sandbox_signing_key
-from .sandbox import stored_signing_key
-from .settings import ConfigError, Settings
+from .platform.clock import utcnow
+from .platform.settings import ConfigError, Settings
+from .provider.sandbox import signing_key as sandbox_signing_key
+from .provider.sandbox import stored_signing_key
+from .sending.validation import callback_guard
 from .store import Store, describe, is_postgres, make_store
 from .store import teams as store_teams
 from .store.backup import BackupError, backup
 from .store.errors import StoreError
-from .teams import check_team_fields, teams_table
-from .tokens import DEFAULT_SCOPE, check_scopes, issue_token
-from .usage import billing_report, check_month, report_csv, report_table
-from .validation import callback_guard
+from .teams.fields import check_team_fields, teams_table
+from .teams.tokens import DEFAULT_SCOPE, check_scopes, issue_token
+from .teams.usage import billing_report, check_month, report_csv, report_table
 
 _TTL = re.compile(r"(\d+)\s*([smhd]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .jsonio import dumps
+from .platform.jsonio import dumps
 from .store import errors as store_errors
 
 log = logging.getLogger("gateway")
@@ -112,7 +112,7 @@ def domain_error(error: BaseException) -> GatewayError | None:
         )
     if isinstance(error, store_errors.DatabaseUnavailable):
         # Raised only where nothing was sent: after the provider may have acted, the send
-        # workflow answers 504 instead (see sending.py).
+        # workflow answers 504 instead (see sending/workflow.py).
         return DatabaseUnavailable(
             f"{error}; nothing was sent, retry shortly", headers={"Retry-After": "1"}
         )

@@ -7,17 +7,17 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 
-from .auth import Authenticator
-from .clock import Clock
-from .leases import ClockOffset
-from .metrics import Metrics
-from .proxies import Proxies
-from .ratelimit import RateLimiter
-from .sending import SendContext
-from .settings import Settings
+from .delivery.webhooks import WebhookWorker
+from .platform.clock import Clock
+from .platform.leases import ClockOffset
+from .platform.metrics import Metrics
+from .platform.settings import Settings
+from .provider.proxies import Proxies
+from .sending.workflow import SendContext
 from .store import Store
 from .store.teams import TeamCache
-from .webhooks import WebhookWorker
+from .teams.auth import Authenticator
+from .teams.ratelimit import RateLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

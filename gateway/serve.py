@@ -8,12 +8,12 @@ from importlib import metadata
 
 from aiohttp import web
 
-from . import logs
 from .app import create_app
-from .loop import install_fast_loop
-from .proxies import Proxies
-from .sandbox import welcome
-from .settings import ConfigError, Settings
+from .platform import logs
+from .platform.loop import install_fast_loop
+from .platform.settings import ConfigError, Settings
+from .provider.proxies import Proxies
+from .provider.sandbox import welcome
 from .store import describe, is_postgres
 from .store.errors import StoreError
 

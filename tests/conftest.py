@@ -27,9 +27,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.clock import Clock, utcnow
-from gateway.logs import AccessLogger
-from gateway.settings import Settings
+from gateway.platform.clock import Clock, utcnow
+from gateway.platform.logs import AccessLogger
+from gateway.platform.settings import Settings
 from gateway.store import is_postgres
 from gateway.store import messages as store_messages
 from gateway.store.postgres import postgres_sql

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.platform.settings import Settings
 
 from .conftest import (
     JWT_SECRET,
@@ -143,9 +143,10 @@ operation = st.one_of(
 async def overlapping(directory: Path, operations: list[tuple[Any, ...]], skew: list[int]) -> None:
     from datetime import timedelta
 
-    from gateway import reports, settlement
-    from gateway.clock import iso, utcnow
-    from gateway.sending import swept_answer
+    from gateway.delivery import reports
+    from gateway.platform.clock import iso, utcnow
+    from gateway.sending import settlement
+    from gateway.sending.workflow import swept_answer
     from gateway.store import leases as store_leases
     from gateway.store import messages as store_messages
     from gateway.store import teams as store_teams

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.callbacks import CallbackPolicy, CallbackRefused, GuardedResolver
-from gateway.settings import Settings
+from gateway.delivery.callbacks import CallbackPolicy, CallbackRefused, GuardedResolver
+from gateway.platform.settings import Settings
 
 from .conftest import ClientFactory, FakeProvider, Receiver, auth, create_team, mint
 

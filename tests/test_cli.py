@@ -21,7 +21,7 @@ import jwt
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from gateway.settings import SANDBOX_CREDENTIALS
+from gateway.platform.settings import SANDBOX_CREDENTIALS
 from gateway.store.sqlite import SqliteStore
 
 from .conftest import JWT_SECRET, Receiver, free_port

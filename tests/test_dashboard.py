@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.settings import Settings
+from gateway.platform.settings import Settings
 
 from .conftest import ClientFactory, FakeProvider, Receiver, auth, create_team, mint
 

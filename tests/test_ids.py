@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ids import _ALPHABET, _encode, _Monotonic, lowest_ulid
+from gateway.platform.ids import _ALPHABET, _encode, _Monotonic, lowest_ulid
 
 
 def reference_encode(value: int, length: int) -> str:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.numbers import _parse, normalise, normalise_all
+from gateway.sending.numbers import _parse, normalise, normalise_all
 
 RW = ("RW",)
 

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.keys import STORE
-from gateway.logs import REDACTED, JsonFormatter, Redactor, configure, flush
-from gateway.ratelimit import RateLimiter, retry_after
+from gateway.platform.logs import REDACTED, JsonFormatter, Redactor, configure, flush
+from gateway.teams.ratelimit import RateLimiter, retry_after
 
 from .conftest import (
     API_KEY,

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.clock import iso
+from gateway.platform.clock import iso
 
 from .conftest import (
     ClientFactory,

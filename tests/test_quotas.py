@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.clock import iso
 from gateway.keys import STORE
-from gateway.settings import Settings
+from gateway.platform.clock import iso
+from gateway.platform.settings import Settings
 
 from .conftest import (
     ClientFactory,

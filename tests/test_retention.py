@@ -7,9 +7,9 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.clock import iso
-from gateway.ids import lowest_ulid
-from gateway.settings import Settings
+from gateway.platform.clock import iso
+from gateway.platform.ids import lowest_ulid
+from gateway.platform.settings import Settings
 from gateway.store.retention import delete_older_than
 from gateway.store.sqlite import SqliteStore
 

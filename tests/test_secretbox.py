@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.secretbox import CONTEXT, LEGACY_KEY, SecretBox, derive, open_box
-from gateway.settings import ConfigError, Settings
+from gateway.platform.secretbox import CONTEXT, LEGACY_KEY, SecretBox, derive, open_box
+from gateway.platform.settings import ConfigError, Settings
 from gateway.store.sqlite import SqliteStore
 
 from .conftest import SECRET_KEY, query

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.segments import GSM7_BASIC, GSM7_EXTENSION, count
+from gateway.sending.segments import GSM7_BASIC, GSM7_EXTENSION, count
 
 
 @pytest.mark.parametrize(

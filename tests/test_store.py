@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import iso, utcnow
 from gateway.errors import domain_error
+from gateway.platform.clock import iso, utcnow
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseBusy
 from gateway.store.messages import forget_expired_keys

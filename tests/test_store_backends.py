@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import quota, reports, settlement
+from gateway.delivery import reports
+from gateway.sending import settlement
 from gateway.store import Store, make_store, outbox, teams
 from gateway.store import messages as store_messages
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseUnreachable, Duplicate, NotFound, SchemaTooNew
+from gateway.teams import quota
 
 from .conftest import ledger_mismatches, plain_batch, query
 

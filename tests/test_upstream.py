@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
-from gateway.proxies import Proxies, Proxy
-from gateway.upstream import MAX_BODY, ConnectFailed, ResponseLost, Upstream
+from gateway.provider.proxies import Proxies, Proxy
+from gateway.provider.transport import MAX_BODY, ConnectFailed, ResponseLost, Upstream
 
 from .conftest import free_port
 from .proxy import ForwardProxy

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session
 
-from ..clock import iso
+from ..platform.clock import iso
+from ..sending.validation import refuse_unstorable, unstorable_fields
 from ..store import Store
 from ..store import dashboard as store_dashboard
-from ..validation import refuse_unstorable, unstorable_fields
 
 COOKIE = "sms_gateway_dashboard"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

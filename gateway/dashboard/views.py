@@ -11,20 +11,20 @@ import jwt
 from aiohttp import web
 from aiohttp_session import new_session
 
-from .. import numbers
-from ..clock import parse_iso, periods
 from ..errors import GatewayError, NotFound, Unauthenticated
-from ..ids import lowest_ulid
 from ..keys import AUTH, CLOCK, METRICS, SETTINGS, STORE, TEAMS, TIMEZONE, WORKER
+from ..platform.clock import parse_iso, periods
+from ..platform.ids import lowest_ulid
+from ..sending import numbers
+from ..sending.validation import callback_guard
 from ..store import dashboard as store_dashboard
 from ..store import outbox, rows
 from ..store import queue as store_queue
 from ..store import teams as store_teams
 from ..store.messages import ListFilter
 from ..store.usage import day_cost, period_usage
-from ..teams import TEAM_ID, check_team_fields
-from ..usage import billing_report, check_month, report_csv
-from ..validation import callback_guard
+from ..teams.fields import TEAM_ID, check_team_fields
+from ..teams.usage import billing_report, check_month, report_csv
 from . import charts
 from .session import context, form_with_csrf, require_session, signed_in, start
 

@@ -6,9 +6,9 @@ from aiohttp import web
 
 from ..errors import NotFound
 from ..keys import CLOCK, SETTINGS, STORE, TEAMS
+from ..sending.validation import callback_guard
 from ..store import teams as store_teams
-from ..teams import TEAM_ID, check_team_fields
-from ..validation import callback_guard
+from ..teams.fields import TEAM_ID, check_team_fields
 from .common import admin, json_response, read_json
 
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import Principal, bearer_token, require_scope
 from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited, UnsupportedMediaType
-from ..jsonio import dumps, loads
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
-from ..ratelimit import retry_after
+from ..platform.jsonio import dumps, loads
+from ..sending.validation import refuse_unstorable, unstorable_fields
 from ..store.teams import Team
-from ..validation import refuse_unstorable, unstorable_fields
+from ..teams.auth import Principal, bearer_token, require_scope
+from ..teams.ratelimit import retry_after
 
 
 def json_response(

@@ -8,16 +8,16 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidJSON, ValidationFailed, domain_error
-from ..jsonio import loads
 from ..keys import SEND, SETTINGS
-from ..sending import send
-from ..validation import (
+from ..platform.jsonio import loads
+from ..sending.validation import (
     callback_guard,
     check_callback_url,
     refuse_unstorable,
     unstorable_fields,
     validate,
 )
+from ..sending.workflow import send
 from .common import read_form, team_for
 
 

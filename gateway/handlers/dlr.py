@@ -6,11 +6,11 @@ import hmac
 
 from aiohttp import web
 
-from ..clock import iso
+from ..delivery.reports import Report, receive_report
 from ..errors import Forbidden, GatewayError
 from ..keys import CLOCK, METRICS, SEND, SETTINGS, STORE, WORKER
-from ..provider import MAX_ID, clean
-from ..reports import Report, receive_report
+from ..platform.clock import iso
+from ..provider.client import MAX_ID, clean
 from .common import read_form
 
 REQUIRED = ("dnis", "username", "password", "command", "dlvrMsgId", "dlvrMsgStat")

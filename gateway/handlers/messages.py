@@ -8,16 +8,16 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from .. import numbers
-from ..clock import parse_iso
-from ..dispatch import cancel_batch, cancel_message
 from ..errors import NotFound, ValidationFailed
-from ..ids import lowest_ulid
 from ..keys import CLOCK, OFFSET, SEND, SETTINGS, STORE
-from ..sending import send
+from ..platform.clock import parse_iso
+from ..platform.ids import lowest_ulid
+from ..sending import numbers
+from ..sending.dispatch import cancel_batch, cancel_message
+from ..sending.validation import check_idempotency_key, request_hash, validate
+from ..sending.workflow import send
 from ..store import messages as store_messages
 from ..store import rows
-from ..validation import check_idempotency_key, request_hash, validate
 from .common import json_response, read_json, team_for
 
 STATUSES = frozenset(rows.STATUSES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import CLOCK, STORE, TIMEZONE
-from ..usage import billing_report, check_month, report_csv, team_usage
+from ..teams.usage import billing_report, check_month, report_csv, team_usage
 from .common import admin, json_response, team_for
 
 

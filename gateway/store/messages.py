@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .. import quota
+from ..teams import quota
 from . import outbox
 from .db import Row, Sql, Store, Tx
 from .errors import DatabaseBusy, Refused

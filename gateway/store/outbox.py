@@ -1,5 +1,5 @@
 """The delivery reports and the webhook outbox: their queries, for the transactions that the
-layers above compose (gateway/reports.py, gateway/notify.py), and the worker's claims."""
+layers above compose (delivery/reports.py, delivery/notify.py), and the worker's claims."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..clock import iso, parse_iso
+from ..platform.clock import iso, parse_iso
 from .db import Row, Sql, Store, Tx
 from .shared import append_event, now_plus, with_clock
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import parse_iso
+from ..platform.clock import parse_iso
 from .db import Row, Sql, Store, Tx
 from .messages import UsageDelta, bump
 from .rows import resource

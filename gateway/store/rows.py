@@ -6,7 +6,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..jsonio import loads
+from ..platform.jsonio import loads
 
 # Every status a message can have, in the order a timeline goes through them.
 STATUSES = (

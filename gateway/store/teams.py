@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..clock import iso
+from ..platform.clock import iso
 from .db import Row, Store
 from .errors import Duplicate, NotFound
 

@@ -29,17 +29,18 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from . import logs, settlement
-from .clock import iso
-from .errors import Conflict, NotFound
-from .notify import queue_webhook
-from .sending import SendContext, batch_body
-from .store import messages as store_messages
-from .store import queue as store_queue
-from .store.db import Row, Tx
-from .store.messages import Batch, NewMessage
-from .store.rows import resource
-from .validation import MAX_RECIPIENTS  # messages in one batch
+from ..delivery.notify import queue_webhook
+from ..errors import Conflict, NotFound
+from ..platform import logs
+from ..platform.clock import iso
+from ..store import messages as store_messages
+from ..store import queue as store_queue
+from ..store.db import Row, Tx
+from ..store.messages import Batch, NewMessage
+from ..store.rows import resource
+from . import settlement
+from .validation import MAX_RECIPIENTS
+from .workflow import SendContext, batch_body
 
 log = logging.getLogger("gateway.dispatch")
 

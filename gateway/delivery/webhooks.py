@@ -17,13 +17,13 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from ..platform.clock import Clock
+from ..platform.metrics import Metrics
+from ..platform.secretbox import SecretBox
+from ..provider.proxies import Proxies
+from ..store import Store
+from ..store.outbox import DueWebhook, claim_due_webhooks, next_due_in, record_attempt
 from .callbacks import CallbackPolicy, CallbackRefused
-from .clock import Clock
-from .metrics import Metrics
-from .proxies import Proxies
-from .secretbox import SecretBox
-from .store import Store
-from .store.outbox import DueWebhook, claim_due_webhooks, next_due_in, record_attempt
 
 log = logging.getLogger("gateway.webhooks")
 

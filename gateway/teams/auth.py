@@ -13,8 +13,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .errors import Forbidden, Unauthenticated
-from .settings import Settings
+from ..errors import Forbidden, Unauthenticated
+from ..platform.settings import Settings
 
 log = logging.getLogger("gateway.auth")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from .settings import ConfigError, Settings
+from ..platform.settings import ConfigError, Settings
 
 SCOPES = ("messages:send", "messages:read", "admin")
 DEFAULT_SCOPE = "messages:send messages:read"

@@ -6,10 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .callbacks import CallbackPolicy
-from .errors import ValidationFailed
-from .store.teams import Team
-from .validation import check_callback_url
+from ..delivery.callbacks import CallbackPolicy
+from ..errors import ValidationFailed
+from ..sending.validation import check_callback_url
+from ..store.teams import Team
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")

@@ -9,13 +9,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .clock import periods
-from .errors import ValidationFailed
+from ..errors import ValidationFailed
+from ..platform.clock import periods
+from ..store import Store
+from ..store.queue import reserved
+from ..store.teams import Team
+from ..store.usage import TeamMonth, month_report, period_usage
 from .quota import remaining
-from .store import Store
-from .store.queue import reserved
-from .store.teams import Team
-from .store.usage import TeamMonth, month_report, period_usage
 
 CSV_COLUMNS = ("team", "messages", "segments", "cost", "currency")
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")

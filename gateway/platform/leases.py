@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from ..store import Store
+from ..store import leases as store_leases
 from .clock import iso, parse_iso, utcnow
-from .store import Store
-from .store import leases as store_leases
 
 log = logging.getLogger("gateway.leases")
 

@@ -18,10 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import logs, quota, settlement
-from .clock import Clock, iso, next_day_start, next_month_start, periods, utcnow
-from .dlrtoken import DlrTokens
-from .errors import (
+from ..delivery.dlrtoken import DlrTokens
+from ..errors import (
     PROBLEM_CONTENT_TYPE,
     Conflict,
     Forbidden,
@@ -32,17 +30,21 @@ from .errors import (
     ValidationFailed,
     problem_body,
 )
-from .ids import ulid
-from .jsonio import dumps
-from .metrics import Metrics
-from .provider import ProviderClient, SendResult
-from .secretbox import SecretBox
-from .settings import Settings
-from .store import leases as store_leases
-from .store import messages as store_messages
-from .store.db import Store
-from .store.errors import DatabaseUnavailable, DatabaseUnreachable
-from .store.messages import KeyAnswer, Outcome
+from ..platform import logs
+from ..platform.clock import Clock, iso, next_day_start, next_month_start, periods, utcnow
+from ..platform.ids import ulid
+from ..platform.jsonio import dumps
+from ..platform.metrics import Metrics
+from ..platform.secretbox import SecretBox
+from ..platform.settings import Settings
+from ..provider.client import ProviderClient, SendResult
+from ..store import leases as store_leases
+from ..store import messages as store_messages
+from ..store.db import Store
+from ..store.errors import DatabaseUnavailable, DatabaseUnreachable
+from ..store.messages import KeyAnswer, Outcome
+from ..teams import quota
+from . import settlement
 from .validation import SendRequest
 
 log = logging.getLogger("gateway.sending")

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import callbacks, numbers, segments
-from .clock import utcnow
-from .errors import InvalidRecipient, ValidationFailed
-from .settings import Settings
+from ..delivery import callbacks
+from ..errors import InvalidRecipient, ValidationFailed
+from ..platform.clock import utcnow
+from ..platform.settings import Settings
+from . import numbers, segments
 
 MAX_RECIPIENTS = 1000
 MAX_SEGMENTS = 10

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import reports
-from .notify import queue_webhook
-from .provider import RecipientResult, SendResult
-from .store import messages as store_messages
-from .store.db import Store, Tx
-from .store.messages import Batch, KeyAnswer, NewMessage, Outcome
+from ..delivery import reports
+from ..delivery.notify import queue_webhook
+from ..provider.client import RecipientResult, SendResult
+from ..store import messages as store_messages
+from ..store.db import Store, Tx
+from ..store.messages import Batch, KeyAnswer, NewMessage, Outcome
 
 # Answers that say nothing was sent: they free the Idempotency-Key rather than being kept for
 # it, so the retry with the same key and body runs for real (Stripe's rule). 201, 202, 504 and

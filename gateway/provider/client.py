@@ -12,9 +12,9 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlencode
 
-from .jsonio import loads
-from .metrics import Metrics
-from .upstream import ConnectFailed, ResponseLost, Upstream
+from ..platform.jsonio import loads
+from ..platform.metrics import Metrics
+from .transport import ConnectFailed, ResponseLost, Upstream
 
 log = logging.getLogger("gateway.provider")
 _FORM = "application/x-www-form-urlencoded"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .clock import parse_iso
-from .ids import ulid
-from .store.db import Row, Tx
-from .store.outbox import NewWebhook, insert_webhook, team_callback_url
+from ..platform.clock import parse_iso
+from ..platform.ids import ulid
+from ..store.db import Row, Tx
+from ..store.outbox import NewWebhook, insert_webhook, team_callback_url
 
 WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed", "expired", "canceled"})
 

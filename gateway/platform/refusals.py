@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from .errors import PROBLEM_CONTENT_TYPE, problem_body
+from ..errors import PROBLEM_CONTENT_TYPE, problem_body
 from .jsonio import dumps
 
 SERVER = "sms-gateway"  # the Server header: no software version

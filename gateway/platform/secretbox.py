@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..store import Store
+from ..store.db import Tx, is_postgres
 from .settings import ConfigError, Settings
-from .store import Store
-from .store.db import Tx, is_postgres
 
 PREFIX = "v1."
 CONTEXT = "client_dlr"

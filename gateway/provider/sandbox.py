@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from . import segments
-from .clock import utcnow
-from .keys import SETTINGS, STORE
-from .store import Store, make_store
-from .store import teams as store_teams
-from .store.errors import Duplicate
-from .tokens import DEFAULT_SCOPE, issue_token
+from ..keys import SETTINGS, STORE
+from ..platform.clock import utcnow
+from ..sending import segments
+from ..store import Store, make_store
+from ..store import teams as store_teams
+from ..store.errors import Duplicate
+from ..teams.tokens import DEFAULT_SCOPE, issue_token
 
 log = logging.getLogger("gateway.sandbox")
 

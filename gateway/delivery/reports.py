@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..store import outbox
+from ..store.db import Store, Tx
+from ..store.rows import resource
 from .notify import queue_client_dlr, queue_webhook
-from .store import outbox
-from .store.db import Store, Tx
-from .store.rows import resource
 
 FINAL_STATES = {"D": "delivered", "U": "undelivered"}
 ReportOutcome = Literal["applied", "duplicate", "pending", "ignored"]

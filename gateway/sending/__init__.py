@@ -1,0 +1,2 @@
+"""The send path: what a request must be (validation, numbers, segments), the workflow from
+reservation to settlement, and the queue's dispatcher."""
