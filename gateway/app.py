@@ -62,7 +62,7 @@ from .sending.dispatch import Dispatcher
 from .sending.validation import callback_guard, refuse_unstorable
 from .sending.workflow import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
 from .store import make_store
-from .store.messages import forget_expired_keys
+from .store.keys import forget_expired_keys
 from .store.retention import delete_older_than
 from .store.teams import TeamCache
 from .teams.auth import Authenticator

@@ -149,6 +149,7 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]], skew: 
     from gateway.sending.workflow import swept_answer
     from gateway.store import leases as store_leases
     from gateway.store import messages as store_messages
+    from gateway.store import settle as store_settle
     from gateway.store import teams as store_teams
     from gateway.store.sqlite import SqliteStore
 
@@ -200,14 +201,14 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]], skew: 
                 outcomes = []
                 for m in batch.messages:
                     if status == "refused":
-                        outcomes.append(store_messages.Outcome(m.id, "failed", at, 0, 0))
+                        outcomes.append(store_settle.Outcome(m.id, "failed", at, 0, 0))
                     elif status == "unknown":
                         outcomes.append(
-                            store_messages.Outcome(m.id, "unknown", at, m.segments, m.cost)
+                            store_settle.Outcome(m.id, "unknown", at, m.segments, m.cost)
                         )
                     else:
                         outcomes.append(
-                            store_messages.Outcome(
+                            store_settle.Outcome(
                                 m.id,
                                 status,
                                 at,

@@ -17,7 +17,7 @@ from gateway.errors import domain_error
 from gateway.platform.clock import iso, utcnow
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseBusy
-from gateway.store.messages import forget_expired_keys
+from gateway.store.keys import forget_expired_keys
 from gateway.store.sqlite import SqliteStore
 
 

@@ -16,6 +16,7 @@ from gateway.delivery import reports
 from gateway.sending import settlement
 from gateway.store import Store, make_store, outbox, teams
 from gateway.store import messages as store_messages
+from gateway.store import settle as store_settle
 from gateway.store.db import Tx
 from gateway.store.errors import DatabaseUnreachable, Duplicate, NotFound, SchemaTooNew
 from gateway.teams import quota
@@ -207,7 +208,7 @@ async def test_batches_settled_together_are_each_settled_on_their_own(
                 store,
                 "prc_test",
                 batch,
-                [store_messages.Outcome(f"msg_{n}", "sent", AT, *charged[n], f"p{n}")],
+                [store_settle.Outcome(f"msg_{n}", "sent", AT, *charged[n], f"p{n}")],
             )
             for n, batch in enumerate(batches)
         )
@@ -261,7 +262,7 @@ async def test_a_report_racing_its_settlement_is_applied_once(store: Store, data
             message = store_messages.NewMessage(f"msg_{n:03d}", "250788000001", 1, 75)
             batch = plain_batch(f"bat_{n:03d}", AT, [message])
             assert await store_messages.reserve(store, "prc_test", batch) is None
-            sent = store_messages.Outcome(message.id, "sent", AT, 1, 75, f"p{n}")
+            sent = store_settle.Outcome(message.id, "sent", AT, 1, 75, f"p{n}")
             report = reports.Report(batch.batch_id, f"p{n}", "250788000001", "D")
             _, received = await asyncio.gather(
                 settlement.settle(store, "prc_test", batch, [sent]),

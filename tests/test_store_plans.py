@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.messages import ListFilter, list_query
+from gateway.store.reads import ListFilter, list_query
 from gateway.store.sqlite import SqliteStore
 
 FILTERS = {

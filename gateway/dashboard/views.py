@@ -21,7 +21,7 @@ from ..store import dashboard as store_dashboard
 from ..store import outbox, rows
 from ..store import queue as store_queue
 from ..store import teams as store_teams
-from ..store.messages import ListFilter
+from ..store.reads import ListFilter
 from ..store.usage import day_cost, period_usage
 from ..teams.fields import TEAM_ID, check_team_fields
 from ..teams.usage import billing_report, check_month, report_csv

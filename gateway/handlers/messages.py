@@ -16,7 +16,7 @@ from ..sending import numbers
 from ..sending.dispatch import cancel_batch, cancel_message
 from ..sending.validation import check_idempotency_key, request_hash, validate
 from ..sending.workflow import send
-from ..store import messages as store_messages
+from ..store import reads as store_reads
 from ..store import rows
 from .common import json_response, read_json, team_for
 
@@ -55,7 +55,7 @@ async def get_message(request: web.Request) -> web.Response:
     """One of the calling team's messages."""
     team = await team_for(request, "messages:read")
     message_id = request.match_info["id"]
-    found = await store_messages.get_message(request.app[STORE], team.id, message_id)
+    found = await store_reads.get_message(request.app[STORE], team.id, message_id)
     if found is None:
         raise NotFound(f"no message {message_id!r}", code="message_not_found")
     return json_response(found)
@@ -99,7 +99,7 @@ def decode_cursor(cursor: str) -> str:
     return value
 
 
-def _parse_filter(request: web.Request) -> store_messages.ListFilter:
+def _parse_filter(request: web.Request) -> store_reads.ListFilter:
     query = request.query
     unknown = sorted(set(query) - LIST_PARAMS)
     if unknown:
@@ -132,7 +132,7 @@ def _parse_filter(request: web.Request) -> store_messages.ListFilter:
     if not 1 <= limit <= 200:
         raise _bad_param("limit", "must be an integer from 1 to 200")
     cursor = query.get("cursor")
-    return store_messages.ListFilter(
+    return store_reads.ListFilter(
         status=status,
         to=to,
         reference=query.get("reference"),
@@ -148,7 +148,7 @@ async def list_messages(request: web.Request) -> web.Response:
     """The calling team's messages, newest first, a page at a time."""
     team = await team_for(request, "messages:read")
     page_filter = _parse_filter(request)
-    rows = await store_messages.list_messages(request.app[STORE], team.id, page_filter)
+    rows = await store_reads.list_messages(request.app[STORE], team.id, page_filter)
     page = rows[: page_filter.limit - 1]
     more = len(rows) > len(page)
     return json_response(

@@ -33,8 +33,8 @@ from ..delivery.notify import queue_webhook
 from ..errors import Conflict, NotFound
 from ..platform import logs
 from ..platform.clock import iso
-from ..store import messages as store_messages
 from ..store import queue as store_queue
+from ..store import reads as store_reads
 from ..store.db import Row, Tx
 from ..store.messages import Batch, NewMessage
 from ..store.rows import resource
@@ -370,9 +370,9 @@ async def _cancel(
         tx, rows, "canceled", at, "canceled", CANCELED_DETAIL, delay
     )
     if column == "id":
-        found = await store_messages.get_row(tx, team_id, value)
+        found = await store_reads.get_row(tx, team_id, value)
         return ended, [resource(found)] if found else [], webhooks
-    return ended, await store_messages.batch_messages(tx, team_id, value), webhooks
+    return ended, await store_reads.batch_messages(tx, team_id, value), webhooks
 
 
 async def cancel_message(ctx: SendContext, team_id: str, message_id: str) -> dict[str, Any]:

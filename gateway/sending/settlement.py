@@ -9,9 +9,13 @@ from typing import Any, NamedTuple
 from ..delivery import reports
 from ..delivery.notify import queue_webhook
 from ..provider.client import RecipientResult, SendResult
-from ..store import messages as store_messages
+from ..store import keys as store_keys
+from ..store import reads as store_reads
+from ..store import settle as store_settle
 from ..store.db import Store, Tx
-from ..store.messages import Batch, KeyAnswer, NewMessage, Outcome
+from ..store.keys import KeyAnswer
+from ..store.messages import Batch, NewMessage
+from ..store.settle import Outcome
 
 # Answers that say nothing was sent: they free the Idempotency-Key rather than being kept for
 # it, so the retry with the same key and body runs for real (Stripe's rule). 201, 202, 504 and
@@ -105,7 +109,7 @@ async def _settle(
     key: str | None,
     answer_for: Callable[[list[dict[str, Any]]], KeyAnswer] | None,
 ) -> Settled:
-    changed = await store_messages.settle_rows(tx, owner, batch, outcomes)
+    changed = await store_settle.settle_rows(tx, owner, batch, outcomes)
     at = outcomes[0].at if outcomes else batch.created_at
     applied = 0
     if any(o.status in ("sent", "unknown") for o in outcomes if o.message_id in changed):
@@ -115,9 +119,9 @@ async def _settle(
         # Early delivery reports or an earlier settlement moved rows on, or a webhook will carry
         # a message that waited in the queue first (a longer timeline than `as_settled` knows):
         # read them as stored. (The dispatcher answers nobody with `messages`.)
-        messages = await store_messages.batch_messages(tx, batch.team_id, batch.batch_id)
+        messages = await store_reads.batch_messages(tx, batch.team_id, batch.batch_id)
     else:
-        messages = store_messages.as_settled(batch, outcomes)
+        messages = store_settle.as_settled(batch, outcomes)
     team_urls: dict[str, str | None] = {}
     queued = applied
     for m in messages:
@@ -129,10 +133,10 @@ async def _settle(
     if key is not None and answer_for is not None:
         answer = answer_for(messages)
         if answer.status in RELEASING and not any(m["status"] == "unknown" for m in messages):
-            await store_messages.release_key(tx, batch.team_id, key, batch.batch_id)
-        elif not await store_messages.answer_key(tx, batch.team_id, key, answer):
+            await store_keys.release_key(tx, batch.team_id, key, batch.batch_id)
+        elif not await store_keys.answer_key(tx, batch.team_id, key, answer):
             # answered already (a sweep gave it the lost-answer 504): keep that one
-            answer = await store_messages.stored_answer(tx, batch.team_id, key) or answer
+            answer = await store_keys.stored_answer(tx, batch.team_id, key) or answer
     return Settled(messages, queued, answer)
 
 
@@ -154,10 +158,6 @@ async def settle(
     left as they are."""
     # The common case (every message went out, no key to answer) in one call where it can be.
     same_time = all(o.at == outcomes[0].at for o in outcomes)
-    if (
-        key is None
-        and same_time
-        and await store_messages.settle_sent(store, owner, batch, outcomes)
-    ):
-        return Settled(store_messages.as_settled(batch, outcomes), 0, None)
+    if key is None and same_time and await store_settle.settle_sent(store, owner, batch, outcomes):
+        return Settled(store_settle.as_settled(batch, outcomes), 0, None)
     return await store.write(_settle, owner, batch, outcomes, webhook_delay, key, answer_for)

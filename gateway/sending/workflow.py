@@ -40,9 +40,11 @@ from ..platform.settings import Settings
 from ..provider.client import ProviderClient, SendResult
 from ..store import leases as store_leases
 from ..store import messages as store_messages
+from ..store import settle as store_settle
 from ..store.db import Store
 from ..store.errors import DatabaseUnavailable, DatabaseUnreachable
-from ..store.messages import KeyAnswer, Outcome
+from ..store.keys import KeyAnswer
+from ..store.settle import Outcome
 from ..teams import quota
 from . import settlement
 from .validation import SendRequest
@@ -319,7 +321,7 @@ def batch_body(batch_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _accepted_answer(batch: store_messages.Batch) -> KeyAnswer:
     """A queued send's 202: the 201's body, its messages `queued` or `scheduled`."""
-    return KeyAnswer(202, JSON, dumps(batch_body(batch.batch_id, store_messages.as_queued(batch))))
+    return KeyAnswer(202, JSON, dumps(batch_body(batch.batch_id, store_settle.as_queued(batch))))
 
 
 async def _call_provider(
@@ -514,12 +516,12 @@ async def _settle_later(
         pending = [settlement.unknown(m, at, "outcome_pending", detail) for m in batch.messages]
         answer = lost_answer(
             batch.batch_id,
-            store_messages.as_settled(batch, pending),
+            store_settle.as_settled(batch, pending),
             "the outcome is not stored yet",
         )
     else:
         pending = []
-        answer = answer_for(store_messages.as_settled(batch, outcomes))
+        answer = answer_for(store_settle.as_settled(batch, outcomes))
     fixed: AnswerFor = lambda _messages: answer  # noqa: E731 - the client already has it
     delay = ctx.settings.webhook_retry_schedule[0]
     stored_pending = False

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Store
-from .messages import ListFilter, list_query
 from .outbox import webhook_resource
+from .reads import ListFilter, list_query
 from .rows import resource
 
 

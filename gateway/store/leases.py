@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Row, Sql, Store, Tx
-from .messages import KeyAnswer, answer_key, batch_messages
+from .keys import KeyAnswer, answer_key
+from .reads import batch_messages
 from .shared import append_event, now_plus, with_clock
 
 

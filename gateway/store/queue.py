@@ -11,9 +11,9 @@ from typing import Any
 
 from ..platform.clock import parse_iso
 from .db import Row, Sql, Store, Tx
-from .messages import UsageDelta, bump
 from .rows import resource
 from .shared import append_event, now_plus, with_clock
+from .usage import UsageDelta, bump
 
 WAITING = ("queued", "scheduled")
 _WAITING_SQL = "('queued', 'scheduled')"

@@ -1,10 +1,36 @@
-"""Reading the usage counters: a team's current periods, and the monthly billing report."""
+"""The usage counters: moving them in a write, and reading a team's current periods and the
+monthly billing report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .db import Store
+from .db import Store, Tx
+
+
+@dataclass
+class UsageDelta:
+    """What a change of rows adds to one (team, period) counter."""
+
+    messages: int = 0
+    segments: int = 0
+    cost: int = 0
+
+
+async def bump(tx: Tx, team_id: str, deltas: dict[str, UsageDelta]) -> None:
+    """Add each period's delta to the team's counters (same transaction as the rows' change)."""
+    await tx.executemany(
+        "INSERT INTO usage (team_id, period, messages, segments, cost) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (team_id, period) DO UPDATE SET"
+        " messages = usage.messages + excluded.messages,"
+        " segments = usage.segments + excluded.segments, cost = usage.cost + excluded.cost",
+        [
+            (team_id, period, d.messages, d.segments, d.cost)
+            # month ('2026-11') before day ('2026-11-26'), the order every writer locks them in
+            for period, d in sorted(deltas.items())
+            if d.messages or d.segments or d.cost
+        ],
+    )
 
 
 @dataclass(frozen=True)
