@@ -58,9 +58,11 @@ from .provider.proxies import Proxies
 from .provider.sandbox import Simulator
 from .provider.transport import Upstream
 from .routes import setup_routes
+from .sending.answers import swept_answer
+from .sending.catchup import CatchUp
 from .sending.dispatch import Dispatcher
 from .sending.validation import callback_guard, refuse_unstorable
-from .sending.workflow import IDEMPOTENCY_TTL, CatchUp, SendContext, swept_answer
+from .sending.workflow import IDEMPOTENCY_TTL, SendContext
 from .store import make_store
 from .store.keys import forget_expired_keys
 from .store.retention import delete_older_than

@@ -146,7 +146,7 @@ async def overlapping(directory: Path, operations: list[tuple[Any, ...]], skew: 
     from gateway.delivery import reports
     from gateway.platform.clock import iso, utcnow
     from gateway.sending import settlement
-    from gateway.sending.workflow import swept_answer
+    from gateway.sending.answers import swept_answer
     from gateway.store import leases as store_leases
     from gateway.store import messages as store_messages
     from gateway.store import settle as store_settle

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.platform.clock import iso, utcnow
 from gateway.platform.leases import Lease, host_key, pid_alive
-from gateway.sending.workflow import swept_answer
+from gateway.sending.answers import swept_answer
 from gateway.store import leases as store_leases
 from gateway.store import messages as store_messages
 from gateway.store import teams as store_teams
@@ -125,7 +125,7 @@ async def test_a_catch_up_that_cannot_land_leaves_the_batch_as_the_sweep_would(
 ) -> None:
     """Nothing stays `sending` under a live process forever: a stored outcome that keeps
     failing is given up after its window, its rows `unknown` (charged) and its key 504."""
-    from gateway.sending.workflow import CatchUp
+    from gateway.sending.catchup import CatchUp
 
     path = str(tmp_path / "gateway.db")
     store = SqliteStore(path)

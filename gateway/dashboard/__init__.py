@@ -13,6 +13,8 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import session_middleware
 
 from ..keys import SETTINGS, STORE, TIMEZONE
+from . import messages as message_views
+from . import teams as team_views
 from . import views
 from .session import DatabaseStorage, Handler
 
@@ -54,15 +56,15 @@ def dashboard_app(parent: web.Application) -> web.Application:
     r.add_get("/login", views.login_form, name="login")
     r.add_post("/login", views.login)
     r.add_post("/logout", views.logout, name="logout")
-    r.add_get("/teams", views.teams, name="teams")
-    r.add_post("/teams", views.create_team)
-    r.add_get("/teams/{id}", views.team, name="team")
-    r.add_post("/teams/{id}", views.update_team)
-    r.add_post("/teams/{id}/webhook-secret", views.rotate_secret, name="rotate")
-    r.add_get("/messages", views.messages, name="messages")
-    r.add_get("/messages/{id}", views.message, name="message")
-    r.add_get("/webhooks", views.webhooks, name="webhooks")
-    r.add_post("/webhooks/{id}/retry", views.retry_webhook, name="retry")
+    r.add_get("/teams", team_views.teams, name="teams")
+    r.add_post("/teams", team_views.create_team)
+    r.add_get("/teams/{id}", team_views.team, name="team")
+    r.add_post("/teams/{id}", team_views.update_team)
+    r.add_post("/teams/{id}/webhook-secret", team_views.rotate_secret, name="rotate")
+    r.add_get("/messages", message_views.messages, name="messages")
+    r.add_get("/messages/{id}", message_views.message, name="message")
+    r.add_get("/webhooks", message_views.webhooks, name="webhooks")
+    r.add_post("/webhooks/{id}/retry", message_views.retry_webhook, name="retry")
     r.add_get("/billing", views.billing, name="billing")
     r.add_get("/billing.csv", views.billing_csv, name="billing_csv")
     r.add_static("/static", HERE / "static", name="static")

@@ -13,7 +13,7 @@ from ..keys import CLOCK, OFFSET, SEND, SETTINGS, STORE
 from ..platform.clock import parse_iso
 from ..platform.ids import lowest_ulid
 from ..sending import numbers
-from ..sending.dispatch import cancel_batch, cancel_message
+from ..sending.cancel import cancel_batch, cancel_message
 from ..sending.validation import check_idempotency_key, request_hash, validate
 from ..sending.workflow import send
 from ..store import reads as store_reads

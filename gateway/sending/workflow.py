@@ -3,8 +3,7 @@
 Once `reserve` has stored the messages as `sending` under this process's lease, every path
 ends with them settled: by the provider's answer, as `failed` and refunded when the provider
 certainly did not act, or as `unknown` and charged when it may have. No answer that invites a
-resend is given once the provider may have acted.
-"""
+resend is given once the provider may have acted."""
 
 from __future__ import annotations
 
@@ -20,25 +19,16 @@ from zoneinfo import ZoneInfo
 
 from ..delivery.dlrtoken import DlrTokens
 from ..errors import (
-    PROBLEM_CONTENT_TYPE,
-    Conflict,
     Forbidden,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
     QuotaExceeded,
-    ValidationFailed,
-    problem_body,
 )
 from ..platform import logs
-from ..platform.clock import Clock, iso, next_day_start, next_month_start, periods, utcnow
+from ..platform.clock import Clock, iso, next_day_start, next_month_start, periods
 from ..platform.ids import ulid
-from ..platform.jsonio import dumps
 from ..platform.metrics import Metrics
 from ..platform.secretbox import SecretBox
 from ..platform.settings import Settings
 from ..provider.client import ProviderClient, SendResult
-from ..store import leases as store_leases
 from ..store import messages as store_messages
 from ..store import settle as store_settle
 from ..store.db import Store
@@ -47,105 +37,26 @@ from ..store.keys import KeyAnswer
 from ..store.settle import Outcome
 from ..teams import quota
 from . import settlement
+from .answers import (
+    Answer,
+    AnswerFor,
+    accepted_answer,
+    answer_builder,
+    lost_answer,
+    problem_answer,
+    replay,
+    to_answer,
+)
+from .catchup import CatchUp
 from .validation import SendRequest
 
 log = logging.getLogger("gateway.sending")
 
+
 PROVIDER_CONCURRENCY = 8
+
+
 IDEMPOTENCY_TTL = timedelta(hours=24)
-JSON = "application/json"
-INSTANCE = "/messages"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What POST /messages answers: status, serialised body, and whether it is a replay."""
-
-    status: int
-    body: bytes
-    content_type: str = JSON
-    replayed: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class CatchUp:
-    """Settlements the database could not take in time, retried in the background.
-
-    Their messages stay `sending` under this process's lease meanwhile; if the process stops
-    first, the lease lapses and a sweep moves them to `unknown`. One that cannot land within
-    `patience` seconds is given up as the sweep would: its rows `unknown` (still charged), its
-    key answered 504, and a warning says so.
-    """
-
-    def __init__(
-        self,
-        store: Store | None = None,
-        owner: str = "",
-        answer_for: store_leases.AnswerFor | None = None,
-        patience: float = 3600.0,
-    ) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._store = store
-        self._owner = owner
-        self._answer_for = answer_for
-        self.patience = patience
-
-    def add(self, write: Callable[[], Any], what: str, batch_id: str) -> None:
-        """Retry `write()` with backoff until it succeeds (or `patience` seconds pass)."""
-        task = asyncio.get_running_loop().create_task(self._retry(write, what, batch_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _retry(self, write: Callable[[], Any], what: str, batch_id: str) -> None:
-        delay, waited = 0.2, 0.0
-        while True:
-            try:
-                await write()
-            except Exception as exc:
-                if waited >= self.patience:
-                    await self._give_up(what, batch_id, exc)
-                    return
-                log.warning("could not store %s yet (%s); retrying in %g s", what, exc, delay)
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 30.0, max(self.patience / 4, 0.05))
-            else:
-                log.info("stored %s after a delay", what)
-                return
-
-    async def _give_up(self, what: str, batch_id: str, error: Exception) -> None:
-        """Leave the batch as the sweep would, retrying that (simpler) write until it lands."""
-        if self._store is None or self._answer_for is None:
-            log.error("gave up storing %s: %s", what, error)
-            return
-        delay = 0.2
-        while True:
-            try:
-                changed = await store_leases.abandon(
-                    self._store, self._owner, batch_id, iso(utcnow()), self._answer_for
-                )
-            except Exception as exc:
-                log.warning("could not give up %s yet (%s)", what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            log.warning(
-                "gave up storing %s after %g s (%s): its %d message(s) still sending are now "
-                "'unknown' and stay charged",
-                what,
-                self.patience,
-                error,
-                changed,
-            )
-            return
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """Give pending settlements `grace` seconds, then leave them to the lease's sweep."""
-        if self._tasks:
-            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -184,7 +95,7 @@ async def send(
     """
     now = ctx.clock()
     batch = _new_batch(ctx, team_id, request, now, client_dlr)
-    accepted = _accepted_answer(batch) if batch.queued else None
+    accepted = accepted_answer(batch) if batch.queued else None
     claim = None
     if idempotency_key is not None:
         claim = store_messages.IdempotencyClaim(
@@ -199,17 +110,17 @@ async def send(
             _release_later(ctx, batch, idempotency_key)
         raise
     if isinstance(reserved, store_messages.PriorAnswer):
-        return _replay(reserved, body_hash)
+        return replay(reserved, body_hash)
     if reserved is not None:
         ctx.metrics.quota_rejections.labels(team_id, reserved.quota).inc()
         raise _quota_error(reserved, now, ctx.tz)
     if accepted is not None:  # queued: stored with its reservation; the dispatcher sends it
         ctx.metrics.messages.labels(batch.status).inc(len(batch.messages))
         ctx.queue_accepted()
-        return _to_answer(accepted)
+        return to_answer(accepted)
     # From here the messages are `sending` under this process's lease: every path settles them.
     outcomes, results = await _call_provider(ctx, batch, request)
-    answer_for = _answer_builder(batch.batch_id, results)
+    answer_for = answer_builder(batch.batch_id, results)
     return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
 
 
@@ -224,7 +135,9 @@ def _release_later(ctx: SendContext, batch: store_messages.Batch, key: str | Non
     refunds = [settlement.refused(m, at, "not_sent", detail) for m in batch.messages]
 
     def not_sent(messages: list[dict[str, Any]]) -> KeyAnswer:
-        return _problem(503, "database_unavailable", "Not sent", detail, batch.batch_id, messages)
+        return problem_answer(
+            503, "database_unavailable", "Not sent", detail, batch.batch_id, messages
+        )
 
     async def write() -> None:
         await settlement.settle(
@@ -232,21 +145,6 @@ def _release_later(ctx: SendContext, batch: store_messages.Batch, key: str | Non
         )
 
     ctx.catch_up.add(write, f"the reservation of batch {batch.batch_id}", batch.batch_id)
-
-
-def _replay(prior: store_messages.PriorAnswer, body_hash: str) -> Answer:
-    if prior.request_hash != body_hash:
-        raise ValidationFailed(
-            "this Idempotency-Key was used with another request body; use a new key",
-            code="idempotency_key_reused",
-        )
-    if prior.in_flight or prior.status is None or prior.body is None:
-        raise Conflict(
-            "a request with this Idempotency-Key is still in flight; retry when it has finished",
-            code="idempotency_in_flight",
-            headers={"Retry-After": "1"},
-        )
-    return Answer(prior.status, prior.body.encode(), prior.content_type or JSON, replayed=True)
 
 
 def _quota_error(refusal: quota.Refusal, now: datetime, tz: ZoneInfo) -> QuotaExceeded:
@@ -309,21 +207,6 @@ def _new_batch(
     )
 
 
-def batch_body(batch_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of a send's 201 (and a queued send's 202, and a batch cancel's 200)."""
-    return {
-        "batch_id": batch_id,
-        "messages": messages,
-        "total_cost": sum(m["cost"] for m in messages),
-        "currency": "RWF",
-    }
-
-
-def _accepted_answer(batch: store_messages.Batch) -> KeyAnswer:
-    """A queued send's 202: the 201's body, its messages `queued` or `scheduled`."""
-    return KeyAnswer(202, JSON, dumps(batch_body(batch.batch_id, store_settle.as_queued(batch))))
-
-
 async def _call_provider(
     ctx: SendContext, batch: store_messages.Batch, request: SendRequest
 ) -> tuple[list[Outcome], list[SendResult] | None]:
@@ -378,90 +261,6 @@ async def _call_provider(
     return outcomes, results
 
 
-AnswerFor = Callable[[list[dict[str, Any]]], KeyAnswer]
-
-
-def _problem(
-    status: int, code: str, title: str, detail: str, batch_id: str, messages: list[dict[str, Any]]
-) -> KeyAnswer:
-    body = problem_body(
-        status,
-        code,
-        title,
-        detail,
-        instance=INSTANCE,
-        extra={"batch_id": batch_id, "messages": messages},
-    )
-    return KeyAnswer(status, PROBLEM_CONTENT_TYPE, dumps(body))
-
-
-def lost_answer(batch_id: str | None, messages: list[dict[str, Any]], detail: str) -> KeyAnswer:
-    """The 504 of a send whose provider answer was not stored: `unknown`, still charged."""
-    return _problem(
-        504,
-        ProviderTimeout.code,
-        ProviderTimeout.title,
-        f"{detail}; the messages are 'unknown' and stay charged until the outcome is known",
-        batch_id or "",
-        messages,
-    )
-
-
-def _answer_builder(batch_id: str, results: Sequence[SendResult] | None) -> AnswerFor:
-    """How the send's answer is built from its messages as stored."""
-
-    def answer_for(messages: list[dict[str, Any]]) -> KeyAnswer:
-        if results is None:  # the gateway failed around the provider call
-            if any(m["status"] == "unknown" for m in messages):
-                return lost_answer(batch_id, messages, "the gateway failed mid-send")
-            return _problem(
-                500,
-                "internal_error",
-                "Internal error",
-                "the gateway failed before calling the provider; nothing was sent and "
-                "nothing is charged",
-                batch_id,
-                messages,
-            )
-        if all(r.failure is not None for r in results):
-            return _provider_failure(results, batch_id, messages)
-        return KeyAnswer(201, JSON, dumps(batch_body(batch_id, messages)))
-
-    return answer_for
-
-
-def _provider_failure(
-    results: Sequence[SendResult], batch_id: str, messages: list[dict[str, Any]]
-) -> KeyAnswer:
-    """The answer for a send no provider call answered: timeout wins (money may have moved)."""
-    kinds = {r.failure for r in results}
-    detail = next((r.detail for r in results if r.detail), None) or "the provider failed"
-    if "timeout" in kinds:
-        return lost_answer(batch_id, messages, detail)
-    if "error" in kinds:
-        return _problem(
-            ProviderError.status,
-            ProviderError.code,
-            ProviderError.title,
-            f"the provider refused the send: {detail}",
-            batch_id,
-            messages,
-        )
-    return _problem(
-        ProviderUnavailable.status,
-        ProviderUnavailable.code,
-        ProviderUnavailable.title,
-        f"{detail}; nothing was sent",
-        batch_id,
-        messages,
-    )
-
-
-def _to_answer(answer: KeyAnswer) -> Answer:
-    headers = {"Retry-After": "5"} if answer.status == ProviderUnavailable.status else {}
-    return Answer(answer.status, answer.body, answer.content_type, headers=headers)
-
-
 async def _store_outcome(
     ctx: SendContext,
     batch: store_messages.Batch,
@@ -484,7 +283,7 @@ async def _store_outcome(
     except Exception as exc:
         return await _settle_later(ctx, batch, outcomes, key, answer_for, exc)
     _settled(ctx, outcomes, settled.webhooks_queued)
-    return _to_answer(settled.answer or answer_for(settled.messages))
+    return to_answer(settled.answer or answer_for(settled.messages))
 
 
 def _settled(ctx: SendContext, outcomes: Sequence[Outcome], webhooks_queued: int) -> None:
@@ -548,11 +347,4 @@ async def _settle_later(
         _settled(ctx, outcomes, settled.webhooks_queued)
 
     ctx.catch_up.add(write, f"the outcome of batch {batch.batch_id}", batch.batch_id)
-    return _to_answer(answer)
-
-
-def swept_answer(batch_id: str | None, messages: list[dict[str, Any]]) -> KeyAnswer:
-    """The answer an Idempotency-Key gets when the process answering it died mid-send."""
-    return lost_answer(
-        batch_id, messages, "the gateway stopped before the provider's answer was stored"
-    )
+    return to_answer(answer)

@@ -1,0 +1,207 @@
+"""The dashboard's team pages: the list, creating one, its page, changes and secret rotation."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import GatewayError, NotFound
+from ..keys import CLOCK, SETTINGS, STORE, TEAMS, TIMEZONE
+from ..platform.clock import periods
+from ..sending.validation import callback_guard
+from ..store import dashboard as store_dashboard
+from ..store import teams as store_teams
+from ..store.usage import period_usage
+from ..teams.fields import TEAM_ID, check_team_fields
+from . import charts
+from .session import form_with_csrf, require_session
+from .views import render_page
+
+TEAM_FORM_FIELDS = (
+    "name",
+    "daily_limit",
+    "monthly_limit",
+    "monthly_budget",
+    "rate_limit_per_second",
+    "callback_url",
+)
+
+
+async def _team_rows(request: web.Request) -> list[dict[str, Any]]:
+    app = request.config_dict
+    store = app[STORE]
+    day, month = periods(app[CLOCK](), app[TIMEZONE])
+    rows = []
+    for team in await store_teams.list_teams(store):
+        used = await period_usage(store, team.id, [day, month])
+        rows.append(
+            {
+                "team": team,
+                "day": used[day].segments,
+                "month": used[month].segments,
+                "cost": used[month].cost,
+                "bars": {
+                    "day": charts.bar(used[day].segments, team.daily_limit),
+                    "month": charts.bar(used[month].segments, team.monthly_limit),
+                    "budget": charts.bar(used[month].cost, team.monthly_budget),
+                },
+            }
+        )
+    return rows
+
+
+@require_session
+async def teams(request: web.Request) -> web.Response:
+    """Every team with its use against its limits, and the form to create one."""
+    return await render_page(
+        request, "teams.html", {"rows": await _team_rows(request), "form": {}, "error": None}
+    )
+
+
+def _form_body(fields: dict[str, str], names: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
+    """Form strings to the API's values: empty is null (unlimited); numbers must be numbers."""
+    body: dict[str, Any] = {}
+    for name in names:
+        if name not in fields:
+            continue
+        raw = fields[name].strip()
+        if name in ("daily_limit", "monthly_limit", "monthly_budget"):
+            if raw == "":
+                body[name] = None
+            elif raw.isdigit():
+                body[name] = int(raw)
+            else:
+                return body, f"{name}: must be a whole number, or empty for unlimited"
+        elif name == "rate_limit_per_second":
+            try:
+                body[name] = float(raw) if raw else None
+            except ValueError:
+                return body, f"{name}: must be a number, or empty for unlimited"
+        elif name == "callback_url":
+            body[name] = raw or None
+        else:
+            body[name] = raw
+    return body, None
+
+
+async def create_team(request: web.Request) -> web.Response:
+    """Create a team from the form; its webhook secret is shown once."""
+    fields = await form_with_csrf(request)
+    app = request.config_dict
+    body, error = _form_body(fields, ("id", *TEAM_FORM_FIELDS))
+    if not body.get("name"):
+        body.pop("name", None)
+    team = None
+    if error is None:
+        try:
+            checked = check_team_fields(body, creating=True, guard=callback_guard(app[SETTINGS]))
+            team_id = checked.pop("id")
+            team = await store_teams.create_team(app[STORE], team_id, checked, app[CLOCK]())
+            app[TEAMS].forget(team_id)
+        except GatewayError as exc:
+            error = exc.detail
+    if team is None:
+        rows = await _team_rows(request)
+        return await render_page(
+            request, "teams.html", {"rows": rows, "form": fields, "error": error}, status=422
+        )
+    return await _team_page(request, team.id, secret=team.webhook_secret, notice="Team created.")
+
+
+async def _team_page(
+    request: web.Request,
+    team_id: str,
+    *,
+    secret: str | None = None,
+    notice: str | None = None,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    app = request.config_dict
+    store, tz = app[STORE], app[TIMEZONE]
+    if not TEAM_ID.fullmatch(team_id):
+        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    team = await store_teams.get_team(store, team_id)
+    now = app[CLOCK]()
+    day, month = periods(now, tz)
+    used = await period_usage(store, team.id, [day, month])
+    daily = await store_dashboard.daily_usage(store, team.id, month)
+    first = datetime.strptime(month + "-01", "%Y-%m-%d")
+    days = []
+    while first.strftime("%Y-%m") == month:
+        days.append(first.strftime("%Y-%m-%d"))
+        first += timedelta(days=1)
+    values = {
+        "team": team,
+        "day": day,
+        "month": month,
+        "used": used,
+        "bars": {
+            "day": charts.bar(used[day].segments, team.daily_limit),
+            "month": charts.bar(used[month].segments, team.monthly_limit),
+            "budget": charts.bar(used[month].cost, team.monthly_budget),
+        },
+        "daily": [(d, daily.get(d, (0, 0))) for d in days],
+        "chart": charts.stacked_bars(
+            [d[-2:] for d in days],
+            {"used": [daily.get(d, (0, 0))[0] for d in days]},
+            title=f"Segments used each day of {month}",
+        ),
+        "secret": secret,
+        "notice": notice,
+        "error": error,
+        "form": form
+        if form is not None
+        else {
+            name: "" if getattr(team, name) is None else str(getattr(team, name))
+            for name in TEAM_FORM_FIELDS
+        },
+    }
+    return await render_page(request, "team.html", values, status)
+
+
+@require_session
+async def team(request: web.Request) -> web.Response:
+    """One team: use, daily chart, and its forms."""
+    return await _team_page(request, request.match_info["id"])
+
+
+async def update_team(request: web.Request) -> web.Response:
+    """Save the team form (field names as in the API; empty means unlimited)."""
+    fields = await form_with_csrf(request)
+    app = request.config_dict
+    team_id = request.match_info["id"]
+    body, error = _form_body(fields, TEAM_FORM_FIELDS)
+    if "active" in fields:
+        if fields["active"] not in ("true", "false"):
+            error = "active: must be true or false"
+        body["active"] = fields["active"] == "true"
+    if error is None:
+        try:
+            checked = check_team_fields(body, creating=False, guard=callback_guard(app[SETTINGS]))
+            await store_teams.update_team(app[STORE], team_id, checked)
+            app[TEAMS].forget(team_id)
+        except NotFound:
+            raise
+        except GatewayError as exc:
+            error = exc.detail
+    if error is not None:
+        return await _team_page(request, team_id, error=error, form=fields, status=422)
+    raise web.HTTPSeeOther(request.app.router["team"].url_for(id=team_id))
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """A new webhook secret, shown on this page only."""
+    await form_with_csrf(request)
+    app = request.config_dict
+    team_id = request.match_info["id"]
+    if not TEAM_ID.fullmatch(team_id):
+        raise NotFound(f"no team {team_id!r}", code="team_not_found")
+    rotated = await store_teams.rotate_webhook_secret(app[STORE], team_id)
+    app[TEAMS].forget(team_id)
+    return await _team_page(
+        request, team_id, secret=rotated.webhook_secret, notice="Webhook secret rotated."
+    )
