@@ -1,4 +1,4 @@
-"""The queue drain run of the harness (`python -m bench.run`, README Performance).
+"""The queue drain run of the harness (`python -m bench.run`, docs/performance.md).
 
 A gateway with GATEWAY_PROVIDER_MAX_RATE set drains a large queue (10,000 messages, 100 a
 provider call) while the same direct-send load as the main run hits it. In alternating rounds:

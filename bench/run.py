@@ -1,4 +1,4 @@
-"""The benchmark harness: `python -m bench.run` (see README, Performance).
+"""The benchmark harness: `python -m bench.run` (see docs/performance.md).
 
 Starts a fast fake provider, a bare aiohttp forwarder and two gateways (SQLite on disk, JWT on,
 quotas on): one on an empty database and one on a database preloaded with a million messages.

@@ -2,7 +2,7 @@
 
 asyncpg, rather than psycopg 3: it speaks PostgreSQL's binary protocol from C, prepares and
 caches each statement on its connection, and pipelines `executemany`, which is what short
-transactions need (the README has the figures). Each write is its own transaction on a pooled
+transactions need (docs/performance.md). Each write is its own transaction on a pooled
 connection; PostgreSQL's row locks, not a single writer, make concurrent writes safe. The send
 path's two calls are grouped (`call_grouped`): the sends ready at the same moment share one
 call, one round trip and one COMMIT, as SQLite's writes share one transaction.

@@ -41,7 +41,7 @@ class GroupCommit:
         """Group commit for the send path: the items of calls made while the loop goes round,
         and while every pooled connection is busy, go to the server in one call of `function`
         (at most MAX_GROUP items): one round trip and one COMMIT for them all, where a call each
-        cost a round trip and a COMMIT each (the README has the figures). The group function
+        cost a round trip and a COMMIT each (docs/performance.md). The group function
         decides each item on its own, so grouping changes no outcome. Failing to get a
         connection is retried, and so is a deadlock (nothing was kept); a connection lost
         during the call fails every item of it with DatabaseUnreachable (`committed_unknown`)."""
