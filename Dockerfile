@@ -2,13 +2,18 @@
 # Build a wheel in one stage, install it into a slim runtime with a non-root user.
 # The base image is pinned by version (Python patch release and Debian release): a rebuild gets
 # the same interpreter; bump it on purpose.
+# `--build-arg EXTRAS=otel` adds tracing (docs/operations.md, Tracing).
+ARG EXTRAS=""
+
 FROM python:3.12.7-slim-bookworm AS build
+ARG EXTRAS
 WORKDIR /src
 COPY pyproject.toml README.md openapi.yaml ./
 COPY gateway ./gateway
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.12.7-slim-bookworm
+ARG EXTRAS
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GATEWAY_HOST=0.0.0.0 \
@@ -17,7 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin gateway \
     && mkdir -p /data && chown gateway:gateway /data
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "sms-gateway${EXTRAS:+[$EXTRAS]}" \
+    && rm -rf /wheels
 USER gateway
 WORKDIR /data
 VOLUME ["/data"]

@@ -38,7 +38,7 @@ from .keys import (
     TIMEZONE,
     WORKER,
 )
-from .platform import refusals
+from .platform import refusals, tracing
 from .platform.clock import Clock, iso, utcnow
 from .platform.ids import lowest_ulid
 from .platform.leases import ClockOffset, Lease
@@ -85,8 +85,9 @@ def create_app(
     metrics = Metrics()
     quiet_parser_errors()
     refusals.install()
+    edge = _edge_middleware(metrics)
     app = web.Application(
-        middlewares=[_edge_middleware(metrics)],
+        middlewares=[tracing.middleware, edge] if settings.tracing else [edge],
         client_max_size=MAX_BODY_BYTES,
     )
     app[METRICS] = metrics
@@ -152,6 +153,8 @@ def _refuse_nul(request: web.Request) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    if settings.tracing:
+        tracing.start()
     store = make_store(settings.database, busy_timeout=settings.database_busy_timeout)
     await store.open()
     app[STORE] = store
@@ -249,6 +252,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await http.close()
         await upstream.close()
         await store.close()
+        if settings.tracing:
+            tracing.stop()
 
 
 async def _housekeeping(app: web.Application) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..platform import tracing
 from ..platform.clock import parse_iso
 from ..platform.ids import ulid
 from ..store.db import Row, Tx
-from ..store.outbox import NewWebhook, insert_webhook, team_callback_url
+from ..store.outbox import NewWebhook, insert_webhook, message_trace, team_callback_url
 
 WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed", "expired", "canceled"})
 
@@ -41,7 +42,10 @@ async def queue_webhook(
         return 0
     event, payload = webhook_payload(message, at)
     hook_id = "whk_" + ulid(parse_iso(at))
-    delivery = NewWebhook(hook_id, message["id"], team_id, event, url, payload, delay, at)
+    trace = await _trace(tx, message["id"]) if tracing.active() else None
+    delivery = NewWebhook(
+        hook_id, message["id"], team_id, event, url, payload, delay, at, trace=trace
+    )
     await insert_webhook(tx, delivery)
     return 1
 
@@ -72,5 +76,12 @@ async def queue_client_dlr(
             delay,
             at,
             kind="dlr",
+            trace=row["trace"] or tracing.traceparent(),
         ),
     )
+
+
+async def _trace(tx: Tx, message_id: str) -> str | None:
+    """What the webhook's attempts continue: the trace of the send (a delivery report comes
+    later, on a request of the provider's), else the current one."""
+    return await message_trace(tx, message_id) or tracing.traceparent()

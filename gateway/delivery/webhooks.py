@@ -12,11 +12,13 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from ..platform import tracing
 from ..platform.clock import Clock
 from ..platform.metrics import Metrics
 from ..platform.secretbox import SecretBox
@@ -164,6 +166,8 @@ class WebhookWorker:
             sealed = params.pop("password_sealed", None)
             password = self._box.open(sealed, "client_dlr") if self._box and sealed else None
             params["password"] = params.get("password") or password or ""
+            extra_headers = dict(extra_headers)
+            tracing.inject(extra_headers)
             return self._session.get(
                 url.extend_query(params),
                 headers=extra_headers,
@@ -173,6 +177,7 @@ class WebhookWorker:
             )
         body = hook.payload.encode()
         headers = {**signed_headers(hook.secret, hook.id, body, int(time.time())), **extra_headers}
+        tracing.inject(headers)  # the receiver continues the trace of the send
         return self._session.post(
             url, data=body, headers=headers, allow_redirects=False, timeout=timeout, **via
         )
@@ -210,27 +215,33 @@ class WebhookWorker:
         http_status: int | None = None
         error: str | None = None
         refusal = self._guard.url_refusal(hook.url)  # names are checked by the resolver
-        try:
-            if refusal is not None:
-                raise CallbackRefused(f"the URL {refusal}")
-            async with self._request(hook) as resp:
-                http_status = resp.status
-                await resp.content.read(64 * 1024)  # drain a little; the body is not used
-            if not 200 <= http_status < 300:
-                error = f"the receiver answered HTTP {http_status}"
-        except TimeoutError:
-            error = f"no answer within {ATTEMPT_TIMEOUT:g} s"
-        except CallbackRefused as exc:
-            error = f"refused: {exc}"
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, CallbackRefused):
-                error = f"refused: {exc.os_error}"
-            else:
+        with _span(hook) as current:
+            try:
+                if refusal is not None:
+                    raise CallbackRefused(f"the URL {refusal}")
+                async with self._request(hook) as resp:
+                    http_status = resp.status
+                    await resp.content.read(64 * 1024)  # drain a little; the body is not used
+                if not 200 <= http_status < 300:
+                    error = f"the receiver answered HTTP {http_status}"
+            except TimeoutError:
+                error = f"no answer within {ATTEMPT_TIMEOUT:g} s"
+            except CallbackRefused as exc:
+                error = f"refused: {exc}"
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, CallbackRefused):
+                    error = f"refused: {exc.os_error}"
+                else:
+                    error = f"could not reach the receiver: {type(exc).__name__}"
+            except aiohttp.ClientError as exc:
                 error = f"could not reach the receiver: {type(exc).__name__}"
-        except aiohttp.ClientError as exc:
-            error = f"could not reach the receiver: {type(exc).__name__}"
-        except ValueError as exc:  # an URL aiohttp cannot use
-            error = f"unusable URL: {exc}"
+            except ValueError as exc:  # an URL aiohttp cannot use
+                error = f"unusable URL: {exc}"
+            if current is not None:
+                if http_status is not None:
+                    current.set_attribute("http.response.status_code", http_status)
+                if error is not None:
+                    tracing.failed(current, error)
         attempt = hook.attempts + 1
         retry_in = self._schedule[attempt] if attempt < len(self._schedule) else None
         delivered = error is None
@@ -241,3 +252,17 @@ class WebhookWorker:
         if self._metrics is not None:  # counted once stored, so a scrape agrees with the table
             result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")
             self._metrics.webhook_attempts.labels(result).inc()
+
+
+def _span(hook: DueWebhook) -> AbstractContextManager[Any]:
+    """The attempt's span, a child of the send that caused it (its stored traceparent)."""
+    if not tracing.active():
+        return tracing.span("")
+    method = "POST" if hook.kind == "webhook" else "GET"
+    attributes = {
+        "http.request.method": method,
+        "server.address": URL(hook.url).host or "",
+        "gateway.webhook.id": hook.id,
+        "gateway.webhook.attempt": hook.attempts + 1,
+    }
+    return tracing.span(f"webhook {method}", "client", attributes, parent=hook.trace)

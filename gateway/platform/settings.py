@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import phonenumbers
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from . import tracing
+
 PREFIX = "GATEWAY_"
 DEFAULT_PROVIDER_URL = "https://bulksms.schooldream.co.rw/api/v2/sms/send"
 DEFAULT_RETRY_SCHEDULE = (0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -83,6 +85,7 @@ class Settings:
     max_clock_offset: float = 2.0  # seconds from the database's clock before a warning
     secret_key: str | None = field(default=None, repr=False)  # seals drop-in DLR passwords
     secret_key_file: str | None = None  # a file holding secret_key instead
+    tracing: bool = False  # OpenTelemetry's own OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing.py)
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -106,6 +109,8 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if the settings cannot run a gateway."""
+        if self.tracing and not tracing.installed():
+            raise ConfigError(tracing.EXTRA_MISSING)
         if not self.sandbox:
             missing = [
                 PREFIX + name
@@ -255,6 +260,7 @@ class Settings:
                 raw[key[len(PREFIX) :].lower()] = value
         if sandbox:
             raw["sandbox"] = True
+        raw["tracing"] = tracing.wanted(environ)  # the SDK's settings, not a GATEWAY_ one
         settings = cls(**_convert(raw))
         if settings.sandbox:
             api_key, username, password = SANDBOX_CREDENTIALS
@@ -320,7 +326,7 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             "max_clock_offset",
         ):
             out[key] = _as_number(key, value, float)
-        elif key == "sandbox":
+        elif key in ("sandbox", "tracing"):
             out[key] = _as_bool(key, value)
         elif key == "callback_allowed_networks":
             out[key] = tuple(_as_list(value))

@@ -12,6 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlencode
 
+from ..platform import tracing
 from ..platform.jsonio import loads
 from ..platform.metrics import Metrics
 from .transport import ConnectFailed, ResponseLost, Upstream
@@ -73,12 +74,20 @@ class ProviderClient:
     ) -> SendResult:
         """Send one call; never raises for provider or network trouble, it reports it."""
         started = time.perf_counter()
-        result = await self._send(recipients, message, sender=sender, dlrurl=dlrurl)
+        with tracing.span("provider send", "client", self._span_attributes(recipients)) as current:
+            result = await self._send(recipients, message, sender=sender, dlrurl=dlrurl)
+            if current is not None and result.failure is not None:
+                tracing.failed(current, result.failure)
         if self._metrics is not None:
             self._metrics.provider_latency.observe(time.perf_counter() - started)
             if result.failure is not None:
                 self._metrics.provider_errors.labels(result.failure).inc()
         return result
+
+    def _span_attributes(self, recipients: Sequence[str]) -> dict[str, Any] | None:
+        if not tracing.active():
+            return None
+        return {"server.address": self._upstream.host, "gateway.recipients": len(recipients)}
 
     async def _send(
         self, recipients: Sequence[str], message: str, *, sender: str | None, dlrurl: str | None

@@ -86,6 +86,7 @@ class Upstream:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = URL(url)
+        self.host = self._url.host or ""
         if self._url.scheme not in ("http", "https") or not self._url.host:
             raise ValueError("an absolute http or https URL is needed")
         self._via, proxy_headers = proxy.options(self._url) if proxy else ({}, {})

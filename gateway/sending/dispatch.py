@@ -26,10 +26,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..delivery.notify import queue_webhook
-from ..platform import logs
+from ..platform import logs, tracing
 from ..platform.clock import iso
 from ..store import queue as store_queue
 from ..store.db import Row, Tx
@@ -85,6 +86,15 @@ def _batch(rows: Sequence[Row]) -> Batch:
         ],
         status="queued",
     )
+
+
+def _span(rows: Sequence[Row]) -> AbstractContextManager[Any]:
+    """A queued batch's call and settlement, continuing the trace of the request that queued
+    it (its stored traceparent)."""
+    if not tracing.active():
+        return tracing.span("")
+    attributes = {"gateway.batch_id": rows[0]["batch_id"], "gateway.messages": len(rows)}
+    return tracing.span("dispatch batch", attributes=attributes, parent=rows[0]["trace"])
 
 
 async def end_waiting(
@@ -276,7 +286,8 @@ class Dispatcher:
 
     async def _send(self, rows: list[Row]) -> None:
         try:
-            await self._call_and_settle(rows)
+            with _span(rows):
+                await self._call_and_settle(rows)
         except Exception:
             log.exception("dispatcher: batch %s failed after its claim", rows[0]["batch_id"])
         finally:

@@ -22,7 +22,7 @@ from ..errors import (
     Forbidden,
     QuotaExceeded,
 )
-from ..platform import logs
+from ..platform import logs, tracing
 from ..platform.clock import Clock, iso, next_day_start, next_month_start, periods
 from ..platform.ids import ulid
 from ..platform.metrics import Metrics
@@ -102,7 +102,8 @@ async def send(
             idempotency_key, body_hash, IDEMPOTENCY_TTL.total_seconds(), accepted
         )
     try:
-        reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
+        with tracing.span("db reserve", attributes=_db_attributes(ctx, batch)):
+            reserved = await store_messages.reserve(ctx.store, ctx.owner, batch, claim)
     except store_messages.TeamInactive:
         raise Forbidden(f"team {team_id!r} is disabled", code="team_disabled") from None
     except DatabaseUnreachable as exc:
@@ -122,6 +123,12 @@ async def send(
     outcomes, results = await _call_provider(ctx, batch, request)
     answer_for = answer_builder(batch.batch_id, results)
     return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
+
+
+def _db_attributes(ctx: SendContext, batch: store_messages.Batch) -> dict[str, Any] | None:
+    if not tracing.active():
+        return None
+    return {"db.system.name": ctx.store.kind, "gateway.messages": len(batch.messages)}
 
 
 def _release_later(ctx: SendContext, batch: store_messages.Batch, key: str | None) -> None:
@@ -203,6 +210,7 @@ def _new_batch(
             for r in request.recipients
         ],
         client_dlr=client_dlr,
+        trace=tracing.traceparent(),
         **queued,
     )
 
@@ -271,15 +279,16 @@ async def _store_outcome(
     """Settle the messages (and the key) in one transaction; if the database cannot take it
     now, answer without inviting a resend and store it later."""
     try:
-        settled = await settlement.settle(
-            ctx.store,
-            ctx.owner,
-            batch,
-            outcomes,
-            webhook_delay=ctx.settings.webhook_retry_schedule[0],
-            key=key,
-            answer_for=answer_for,
-        )
+        with tracing.span("db settle", attributes=_db_attributes(ctx, batch)):
+            settled = await settlement.settle(
+                ctx.store,
+                ctx.owner,
+                batch,
+                outcomes,
+                webhook_delay=ctx.settings.webhook_retry_schedule[0],
+                key=key,
+                answer_for=answer_for,
+            )
     except Exception as exc:
         return await _settle_later(ctx, batch, outcomes, key, answer_for, exc)
     _settled(ctx, outcomes, settled.webhooks_queued)

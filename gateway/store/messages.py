@@ -46,6 +46,7 @@ class Batch:
     due_at: str | None = None  # scheduled: not sent before this (queued without: from now)
     expires_at: str | None = None  # scheduled: `expired` if still unsent then
     validity: float = 0.0  # queued without send_at: seconds from now (the database's) to expiry
+    trace: str | None = None  # the sending request's traceparent, when tracing is on
 
     @property
     def queued(self) -> bool:
@@ -150,11 +151,11 @@ _INSERT_KEY = with_clock(
 _INSERT_MESSAGE = with_clock(
     "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
     " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-    " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at)"
+    " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at, trace)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
     " ?19, CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
     " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
-    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?21, {expiry}) END)",
+    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?21, {expiry}) END, ?23)",
     expiry=now_plus("?22"),
 )
 
@@ -210,6 +211,7 @@ async def _reserve(
                 batch.due_at,
                 batch.expires_at,
                 float(batch.validity),
+                batch.trace,
             )
             for m in batch.messages
         ],
@@ -259,6 +261,7 @@ def _reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> d
         "due_at": batch.due_at,
         "expires_at": batch.expires_at,
         "validity": batch.validity,
+        "trace": batch.trace,
         "key_status": answer.status if answer else None,
         "key_type": answer.content_type if answer else None,
         "key_body": answer.body.decode() if answer else None,

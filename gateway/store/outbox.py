@@ -31,12 +31,13 @@ class NewWebhook:
     delay: float  # seconds from now (the database's clock) to its first attempt
     created_at: str
     kind: str = "webhook"  # webhook | dlr
+    trace: str | None = None  # the traceparent its attempts continue (tracing on)
 
 
 _INSERT = with_clock(
     "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
-    " next_attempt_at, created_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', {due},"
-    " ?8, ?9)",
+    " next_attempt_at, created_at, kind, trace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending',"
+    " {due}, ?8, ?9, ?10)",
     due=now_plus("?7"),
 )
 
@@ -56,8 +57,15 @@ async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
             float(hook.delay),
             hook.created_at,
             hook.kind,
+            hook.trace,
         ),
     )
+
+
+async def message_trace(tx: Tx, message_id: str) -> str | None:
+    """The traceparent the message was sent under, if it was traced."""
+    row = await tx.fetchone("SELECT trace FROM messages WHERE id = ?", (message_id,))
+    return row["trace"] if row else None
 
 
 async def lock_batch(tx: Tx, batch_id: str) -> None:
@@ -140,6 +148,7 @@ class DueWebhook:
     attempts: int
     secret: str
     kind: str  # webhook (signed POST) | dlr (provider-format GET)
+    trace: str | None = None  # the traceparent its attempt continues
 
 
 # Replicas claim different rows at once: PostgreSQL skips the rows another claim has locked.
@@ -149,7 +158,7 @@ _CLAIM = with_clock(
     "UPDATE webhooks SET claimed_by = ?1, claim_until = {until} WHERE id IN ("
     " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= {now}"
     " AND (claim_until IS NULL OR claim_until < {now}) ORDER BY next_attempt_at LIMIT ?3{lock})"
-    " RETURNING id, url, payload, attempts, kind, next_attempt_at,"
+    " RETURNING id, url, payload, attempts, kind, next_attempt_at, trace,"
     " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret",
     until=now_plus("?2"),
     lock=Sql("", " FOR UPDATE SKIP LOCKED"),
@@ -159,7 +168,9 @@ _CLAIM = with_clock(
 async def _claim(tx: Tx, owner: str, lease: float, limit: int) -> list[DueWebhook]:
     rows = sorted(await tx.fetchall(_CLAIM, (owner, float(lease), limit)), key=_due_order)
     return [
-        DueWebhook(r["id"], r["url"], r["payload"], r["attempts"], r["secret"], r["kind"])
+        DueWebhook(
+            r["id"], r["url"], r["payload"], r["attempts"], r["secret"], r["kind"], r["trace"]
+        )
         for r in rows
     ]
 
