@@ -591,7 +591,7 @@ def ledger_mismatches(database: str) -> list[str]:
     for column in ("day", "month"):
         for team, period, messages, segments, cost in query(
             database,
-            f"SELECT team_id, {column},"  # noqa: S608
+            f"SELECT team_id, {column},"
             " CAST(SUM(CASE WHEN charged_segments > 0 OR cost > 0 THEN 1 ELSE 0 END) AS BIGINT),"
             " CAST(SUM(charged_segments) AS BIGINT), CAST(SUM(cost) AS BIGINT)"
             f" FROM messages GROUP BY team_id, {column}",

@@ -20,7 +20,7 @@ ADMIN = auth(mint("root", "admin"))
 
 def count(database: str, table: str) -> int:
     with sqlite3.connect(database) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 async def test_old_rows_go_and_billing_stays(

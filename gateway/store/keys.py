@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .db import Store, Tx
+from .db import Sql, Store, Tx
 from .shared import now_plus, with_clock
 
 
@@ -42,10 +42,16 @@ async def answer_key(tx: Tx, team_id: str, key: str, answer: KeyAnswer) -> bool:
     )
 
 
+# Oldest first along idempotency_created, so a chunk reads what it deletes. On PostgreSQL the
+# rows are named by ctid: a row-value IN (subquery) there is planned as a hash join over the
+# whole table (tests/test_worker_plans.py).
 _FORGET = with_clock(
-    "DELETE FROM idempotency WHERE (team_id, key) IN (SELECT team_id, key"
-    " FROM idempotency WHERE created_at < {expired} AND state = 'done' LIMIT ?2)",
+    "DELETE FROM idempotency WHERE {match}(SELECT {columns} FROM idempotency"
+    " WHERE created_at < {expired} AND state = 'done' ORDER BY created_at LIMIT ?2){close}",
     expired=now_plus("-?1"),
+    match=Sql("(team_id, key) IN ", "ctid = ANY(ARRAY"),
+    columns=Sql("team_id, key", "ctid"),
+    close=Sql("", ")"),
 )
 
 

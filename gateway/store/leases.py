@@ -92,13 +92,14 @@ _ABANDON = Sql(
 )
 
 
+_ABANDONED_KEYS = (
+    "SELECT team_id, key FROM idempotency WHERE batch_id = ? AND state = 'in_flight' AND owner = ?"
+)
+
+
 async def _abandon(tx: Tx, owner: str, batch_id: str, at: str, answer_for: AnswerFor) -> int:
     messages = await tx.execute(_ABANDON, (at, batch_id, owner))
-    keys = await tx.fetchall(
-        "SELECT team_id, key FROM idempotency WHERE batch_id = ? AND state = 'in_flight'"
-        " AND owner = ?",
-        (batch_id, owner),
-    )
+    keys = await tx.fetchall(_ABANDONED_KEYS, (batch_id, owner))
     for team_id, key in keys:
         stored = await batch_messages(tx, team_id, batch_id)
         await answer_key(tx, team_id, key, answer_for(batch_id, stored))
@@ -136,6 +137,16 @@ _LAPSED = with_clock(
 )
 
 
+_UNCLAIM = (
+    "UPDATE webhooks SET claimed_by = NULL, claim_until = NULL WHERE claim_until IS NOT NULL"
+    " AND claimed_by NOT IN (SELECT id FROM processes)"
+)
+_ORPHAN_KEYS = (
+    "SELECT team_id, key, batch_id FROM idempotency WHERE state = 'in_flight'"
+    " AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))"
+)
+
+
 async def _sweep(
     tx: Tx,
     me: str,
@@ -151,14 +162,8 @@ async def _sweep(
     messages = await tx.execute(_INTERRUPT, (at,))
     # Webhooks a dead process was delivering are anyone's again (it may have delivered them:
     # at least once, the receivers tell repeats apart by webhook-id).
-    await tx.execute(
-        "UPDATE webhooks SET claimed_by = NULL, claim_until = NULL WHERE claim_until IS NOT NULL"
-        " AND claimed_by NOT IN (SELECT id FROM processes)"
-    )
-    keys = await tx.fetchall(
-        "SELECT team_id, key, batch_id FROM idempotency WHERE state = 'in_flight'"
-        " AND (owner IS NULL OR owner NOT IN (SELECT id FROM processes))"
-    )
+    await tx.execute(_UNCLAIM)
+    keys = await tx.fetchall(_ORPHAN_KEYS)
     for team_id, key, batch_id in keys:
         stored = await batch_messages(tx, team_id, batch_id) if batch_id else []
         answer = answer_for(batch_id, stored)

@@ -77,24 +77,25 @@ async def lock_batch(tx: Tx, batch_id: str) -> None:
         await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (batch_id,))
 
 
+INSERT_REPORT = (
+    "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id"
+)
+PENDING_REPORTS = "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id"
+REPORTED_MESSAGE = "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?"
+
+
 async def insert_report(
     tx: Tx, batch_id: str, provider_message_id: str, recipient: str, state: str, at: str
 ) -> int | None:
     """Store a delivery report; its id, or None if the same report was stored before."""
-    row = await tx.fetchone(
-        "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-        (batch_id, provider_message_id, recipient, state, at),
-    )
+    row = await tx.fetchone(INSERT_REPORT, (batch_id, provider_message_id, recipient, state, at))
     return int(row[0]) if row else None
 
 
 async def pending_reports(tx: Tx, batch_id: str) -> list[Row]:
     """The batch's reports that no message has taken yet, oldest first."""
-    return await tx.fetchall(
-        "SELECT * FROM dlr_reports WHERE batch_id = ? AND outcome IS NULL ORDER BY id",
-        (batch_id,),
-    )
+    return await tx.fetchall(PENDING_REPORTS, (batch_id,))
 
 
 async def settle_report(
@@ -109,10 +110,7 @@ async def settle_report(
 
 async def reported_message(tx: Tx, batch_id: str, provider_message_id: str) -> Row | None:
     """The message a report names (id and status), if its send's answer is stored."""
-    return await tx.fetchone(
-        "SELECT id, status FROM messages WHERE batch_id = ? AND provider_message_id = ?",
-        (batch_id, provider_message_id),
-    )
+    return await tx.fetchone(REPORTED_MESSAGE, (batch_id, provider_message_id))
 
 
 _FINISH = Sql(
@@ -191,10 +189,13 @@ async def claim_due_webhooks(
     return await store.write(_claim, owner, lease, limit)
 
 
+# Each walks its index in order and stops at the first row (webhooks_pending, schema 14, orders
+# the pending by due time: the claim above reads only what it claims).
 _NEXT_DUE = with_clock(
-    "SELECT (SELECT MIN(next_attempt_at) FROM webhooks WHERE status = 'pending'"
-    " AND claim_until IS NULL) AS due,"
-    " (SELECT MIN(claim_until) FROM webhooks WHERE claim_until IS NOT NULL) AS lapses,"
+    "SELECT (SELECT next_attempt_at FROM webhooks WHERE status = 'pending'"
+    " AND claim_until IS NULL ORDER BY next_attempt_at LIMIT 1) AS due,"
+    " (SELECT claim_until FROM webhooks WHERE claim_until IS NOT NULL"
+    " ORDER BY claim_until LIMIT 1) AS lapses,"
     " {now} AS now"
 )
 

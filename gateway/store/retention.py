@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .db import Store
+from .db import Sql, Statement, Store
 
 CHUNK = 2000
 
@@ -11,7 +11,7 @@ CHUNK = 2000
 # pending are kept, and so are their messages (a delivery may still need them), and so are
 # messages still waiting in the queue (a send_at may be weeks ahead). Usage
 # counters are never touched: billing for an old month still answers.
-_STATEMENTS = (
+_STATEMENTS: tuple[tuple[str, Statement], ...] = (
     (
         "webhooks",
         "DELETE FROM webhooks WHERE id IN (SELECT id FROM webhooks WHERE message_id < ?"
@@ -19,15 +19,24 @@ _STATEMENTS = (
     ),
     (
         "messages",
-        "DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m WHERE m.id < ?"
-        " AND m.status NOT IN ('queued', 'scheduled')"
-        " AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.message_id = m.id)"
-        " ORDER BY m.id LIMIT ?)",
+        # OFFSET 0 keeps PostgreSQL from making the NOT EXISTS a hash anti-join over every
+        # webhook: it stays a probe of webhooks_message per old message (SQLite's plan anyway)
+        Sql(
+            *(
+                "DELETE FROM messages WHERE id IN (SELECT m.id FROM messages m WHERE m.id < ?"  # noqa: S608 - a fixed fence
+                " AND m.status NOT IN ('queued', 'scheduled')"
+                f" AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.message_id = m.id{fence})"
+                " ORDER BY m.id LIMIT ?)"
+                for fence in ("", " OFFSET 0")
+            )
+        ),
     ),
     (
         "dlr_reports",
+        # along dlr_reports_received (schema 14): the last chunk stops at the bound instead of
+        # reading every newer report
         "DELETE FROM dlr_reports WHERE id IN (SELECT id FROM dlr_reports"
-        " WHERE received_at < ? ORDER BY id LIMIT ?)",
+        " WHERE received_at < ? ORDER BY received_at LIMIT ?)",
     ),
 )
 
