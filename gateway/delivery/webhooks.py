@@ -120,9 +120,9 @@ class WebhookWorker:
         backoff = 0.0
         while not self._stopping:
             self._wake.clear()
+            timeout: float | None
             try:
-                await self._dispatch()
-                timeout = await self._idle_time()
+                timeout = await self._turn()
                 backoff = 0.0
             except Exception as exc:  # a locked or busy database must not end delivery
                 backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)
@@ -137,15 +137,21 @@ class WebhookWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _dispatch(self) -> None:
+    async def _turn(self) -> float | None:
+        """Claim as many due webhooks as there are free slots; how long to sleep then. While
+        every slot is busy it sleeps without a timeout and asks the database nothing: a
+        finished attempt (a slot frees) or new work wakes it."""
         free = self._concurrency - len(self._busy)
         if free <= 0:
-            return
+            return None
         claimed = await claim_due_webhooks(self._store, self._owner, free, CLAIM_SECONDS)
         for hook in claimed:
             task = asyncio.get_running_loop().create_task(self._attempt(hook))
             self._busy[hook.id] = task
             task.add_done_callback(functools.partial(self._done, hook.id))
+        if len(self._busy) >= self._concurrency:
+            return None
+        return await self._idle_time()
 
     def _done(self, hook_id: str, _task: asyncio.Task[None]) -> None:
         self._busy.pop(hook_id, None)
