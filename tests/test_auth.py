@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -254,3 +255,35 @@ async def test_hs256_and_jwks_side_by_side(
         headers={"kid": "k1"},
     )
     assert (await client.get("/admin/teams", headers=auth(rs))).status == 200
+
+
+async def test_a_withdrawn_jwks_key_stops_its_cached_tokens(
+    make_client: ClientFactory, jwks: tuple[JWKSServer, str]
+) -> None:
+    state, url = jwks
+    old = rsa_key()
+    state.add("k1", old, "RS256")
+    client = await make_client(
+        jwt_secret=None, jwt_algorithms=("RS256",), jwks_url=url, jwks_min_refresh=0.0
+    )
+    token = mint("root", "admin", secret=old, algorithm="RS256", headers={"kid": "k1"})
+    for _ in range(3):
+        assert (await client.get("/admin/teams", headers=auth(token))).status == 200
+    assert state.fetches == 1  # verified once, then remembered
+    # The identity provider withdraws k1 (leaked) and signs with k2 from now on.
+    new = rsa_key()
+    state.keys.clear()
+    state.add("k2", new, "RS256")
+    fresh = mint("root", "admin", secret=new, algorithm="RS256", headers={"kid": "k2"})
+    assert (await client.get("/admin/teams", headers=auth(fresh))).status == 200
+    assert state.fetches == 2  # the unknown kid fetched the new set
+    await expect_401(await client.get("/admin/teams", headers=auth(token)))
+
+
+async def test_a_remembered_token_still_expires(make_client: ClientFactory) -> None:
+    client = await make_client()
+    # expired 28 s ago: inside the 30 s leeway for 2 s more
+    token = mint("root", "admin", exp=int(time.time()) - 28)
+    assert (await client.get("/admin/teams", headers=auth(token))).status == 200
+    await asyncio.sleep(3)
+    await expect_401(await client.get("/admin/teams", headers=auth(token)))

@@ -41,6 +41,8 @@ class JWKSCache:
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._document: Any = None
+        self.version = 0  # grows each time the fetched key set differs from the last one
 
     async def _refresh(self) -> None:
         try:
@@ -58,6 +60,9 @@ class JWKSCache:
             keys.setdefault(None, keyset.keys[0])
         self._keys = keys
         self._fetched_at = time.monotonic()
+        if data != self._document:  # a key rotated in or out: what was verified is redone
+            self._document = data
+            self.version += 1
 
     async def key(self, kid: str | None) -> jwt.PyJWK | None:
         """The key for `kid`, fetching the set when it is unknown and the cache may be stale."""
@@ -86,6 +91,7 @@ class Authenticator:
             if settings.jwks_url and session is not None
             else None
         )
+        self._keyset_seen = 0
 
     async def _key_for(self, header: dict[str, Any]) -> Any:
         alg = header.get("alg")
@@ -107,8 +113,14 @@ class Authenticator:
         """Check signature, algorithm, exp/nbf (30 s leeway), iss and aud; return the caller.
 
         A token that verified is remembered until it expires (services reuse one token for
-        many calls, and verifying is most of the cost of a small request).
+        many calls, and verifying is most of the cost of a small request): its nbf and exp
+        are checked on every use, at most VERIFIED_CACHE_SIZE are kept, and all are forgotten
+        when the JWKS's key set changes (a key withdrawn stops its tokens at once), as Envoy's
+        JWT filter does.
         """
+        if self._jwks is not None and self._jwks.version != self._keyset_seen:
+            self._verified.clear()
+            self._keyset_seen = self._jwks.version
         cached = self._verified.get(token)
         now = time.time()
         if cached is not None:
@@ -117,6 +129,8 @@ class Authenticator:
                 return principal
             del self._verified[token]
         principal, claims = await self._verify(token)
+        if self._jwks is not None and self._jwks.version != self._keyset_seen:
+            return principal  # the key set changed while verifying: not remembered
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
         self._verified[token] = (principal, float(claims.get("nbf", 0) or 0), float(claims["exp"]))
