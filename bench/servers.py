@@ -3,6 +3,8 @@
 `python -m bench.servers provider PORT` answers every send at once in the provider's format.
 `python -m bench.servers forwarder PORT PROVIDER_URL` is the ceiling the gateway is compared with:
 JSON in, a form post to the provider, JSON out; no auth, no storage.
+`python -m bench.servers receiver PORT` is a team's fast webhook receiver: 204 at once, each
+arrival's webhook-id and time kept for `GET /stats`.
 """
 
 from __future__ import annotations
@@ -93,11 +95,41 @@ def forwarder_app(provider_url: str) -> web.Application:
     return app
 
 
+def receiver_app() -> web.Application:
+    """A team's webhook endpoint that answers 204 at once and counts what arrived."""
+    arrivals: list[float] = []
+    ids: collections.Counter[str] = collections.Counter()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        arrivals.append(time.monotonic())
+        ids[request.headers.get("webhook-id", "")] += 1
+        return web.Response(status=204)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "count": len(arrivals),
+                "first": arrivals[0] if arrivals else None,
+                "last": arrivals[-1] if arrivals else None,
+                "twice": sum(1 for n in ids.values() if n > 1),
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    app.router.add_get("/stats", stats)
+    return app
+
+
 def main() -> None:
     """Run one of the stand-ins on a loopback port."""
     install_fast_loop()
     kind, port = sys.argv[1], int(sys.argv[2])
-    app = provider_app() if kind == "provider" else forwarder_app(sys.argv[3])
+    if kind == "receiver":
+        app = receiver_app()
+    else:
+        app = provider_app() if kind == "provider" else forwarder_app(sys.argv[3])
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=lambda _: None)
 
 

@@ -1,0 +1,116 @@
+"""The webhook fan-out (`python -m bench.fanout`, docs/performance.md): how fast one gateway
+delivers a backlog of webhooks to a fast receiver, and whether the rate falls as the backlog
+grows (issue 25's target: the rate at 50,000 waiting within 0.8 x the rate at 10,000).
+
+For each backlog size a fresh SQLite database gets one team and that many messages, each with
+one pending webhook due now, written straight into the file; then a real `sms-gateway serve`
+starts on it and its worker delivers them to `python -m bench.servers receiver`, which records
+when each arrived and whether any came twice. The rate is what the receiver saw, first arrival
+to last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.store.sqlite import SqliteStore
+
+from .run import free_port, gateway_env, process
+
+
+async def fill(database: str, count: int, url: str) -> None:
+    """`count` delivered messages with one due webhook each, straight into a migrated file."""
+    store = SqliteStore(database)
+    await store.open()  # the real migrations
+    await store.close()
+    secret = "whsec_" + base64.b64encode(b"b" * 24).decode()
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO teams (id, name, webhook_secret, created_at, callback_url)"
+            " VALUES ('bench', 'Bench', ?, '2026-01-01T00:00:00.000Z', ?)",
+            (secret, url),
+        )
+        conn.execute(
+            """WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?)
+            INSERT INTO messages (id, batch_id, team_id, recipient, text, status, segments,
+              encoding, charged_segments, cost, day, month, created_at, events)
+            SELECT printf('msg_%020d', i), printf('bat_%012d', i / 1000), 'bench',
+              printf('250788%06d', i), 'Your code is 4821', 'delivered', 1, 'gsm7', 1, 75,
+              '2026-01-15', '2026-01', '2026-01-15T00:00:00.000Z', '[]' FROM s""",
+            (count,),
+        )
+        conn.execute(
+            """WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?)
+            INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,
+              next_attempt_at, created_at)
+            SELECT printf('whk_%020d', i), printf('msg_%020d', i), 'bench', 'message.delivered',
+              ?, '{"type":"message.delivered","data":{}}', 'pending',
+              '2026-01-15T00:00:00.000Z', '2026-01-15T00:00:00.000Z' FROM s""",
+            (count, url),
+        )
+
+
+async def fanout(count: int, directory: Path) -> dict[str, Any]:
+    """Deliver a backlog of `count` webhooks; the receiver's figures."""
+    receiver_port, gateway_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{receiver_port}/hooks"
+    directory = Path(tempfile.mkdtemp(dir=directory))  # a fresh database for each size
+    database = directory / "bench.db"
+    await fill(str(database), count, url)
+    env = gateway_env(directory, "http://127.0.0.1:9/api/v2/sms/send", gateway_port)
+    env["GATEWAY_CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"
+    receiver = ["-m", "bench.servers", "receiver", str(receiver_port)]
+    async with (
+        process(receiver, receiver_port, ready_path="/stats"),
+        aiohttp.ClientSession() as http,
+    ):
+        started = time.monotonic()
+        async with process(["-m", "gateway", "serve"], gateway_port, env):
+            while True:
+                async with http.get(f"http://127.0.0.1:{receiver_port}/stats") as resp:
+                    stats: dict[str, Any] = await resp.json()
+                if stats["count"] >= count or time.monotonic() - started > 600:
+                    break
+                await asyncio.sleep(0.2)
+    span = (stats["last"] or 0) - (stats["first"] or 0)
+    stats["rate"] = stats["count"] / span if span > 0 else 0.0
+    return stats
+
+
+async def main_async(sizes: list[int]) -> int:
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            stats = await fanout(size, Path(tmp))
+            rates[size] = stats["rate"]
+            print(
+                f"{size:,} waiting: {stats['count']:,} delivered at {stats['rate']:,.0f}/s,"
+                f" {stats['twice']} twice",
+                flush=True,
+            )
+    low, high = min(sizes), max(sizes)
+    ratio = rates[high] / rates[low] if rates[low] else 0.0
+    met = ratio >= 0.8 and rates[low] >= 2000
+    print(f"rate at {high:,} / rate at {low:,}: {ratio:.2f} (target >= 0.8; >= 2,000/s at {low:,})")
+    return 0 if met else 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--sizes", default="10000,50000", help="backlog sizes, comma-separated")
+    options = parser.parse_args()
+    sys.exit(asyncio.run(main_async([int(n) for n in options.sizes.split(",")])))
+
+
+if __name__ == "__main__":
+    main()
