@@ -90,11 +90,15 @@ class WebhookWorker:
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[None]] = {}
+        self._gather = max(1, concurrency // 4)  # free slots a backlog's next claim waits for
+        self._backlog = False  # the last claim filled every free slot: more is due
+        self._arrived = False  # wake() was called: new work, claim at once
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Look at the queue now (something was queued)."""
+        self._arrived = True
         self._wake.set()
 
     def start(self) -> None:
@@ -144,7 +148,13 @@ class WebhookWorker:
         free = self._concurrency - len(self._busy)
         if free <= 0:
             return None
+        if self._backlog and free < self._gather and not self._arrived:
+            # More is due than the slots took: let a few more attempts end so that one claim
+            # fills them together (a claim per freed slot is a transaction per webhook).
+            return None
+        self._arrived = False
         claimed = await claim_due_webhooks(self._store, self._owner, free, CLAIM_SECONDS)
+        self._backlog = len(claimed) == free
         for hook in claimed:
             task = asyncio.get_running_loop().create_task(self._attempt(hook))
             self._busy[hook.id] = task
