@@ -4,7 +4,8 @@
 `python -m bench.servers forwarder PORT PROVIDER_URL` is the ceiling the gateway is compared with:
 JSON in, a form post to the provider, JSON out; no auth, no storage.
 `python -m bench.servers receiver PORT` is a team's fast webhook receiver: 204 at once, each
-arrival's webhook-id and time kept for `GET /stats`.
+arrival's webhook-id and time kept for `GET /stats`; its `GET /dlr/{token}` is a bare handler
+that only answers 200.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp import web
 from gateway.platform.loop import install_fast_loop
 
 QUEUED_TEXT = "Queued notice"  # the text the drain bench queues: its calls are recorded
+CAMPAIGN_TEXT = "Campaign notice"  # the campaign bench's sends: each recipient's DLR URL is kept
 
 
 def provider_app() -> web.Application:
@@ -28,6 +30,10 @@ def provider_app() -> web.Application:
     ids = itertools.count(1)
     times: list[float] = []
     seen: collections.Counter[str] = collections.Counter()
+    reports: list[tuple[str, str, str]] = []  # (dlrurl, recipient, messageid) of campaign sends
+
+    async def campaign(request: web.Request) -> web.Response:
+        return web.json_response(reports)
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(
@@ -49,6 +55,9 @@ def provider_app() -> web.Application:
             {"status": "sent", "messageid": str(next(ids)), "recipient": r, "cost": 75}
             for r in recipients
         ]
+        if form.get("message") == CAMPAIGN_TEXT:
+            dlrurl = str(form.get("dlrurl", ""))
+            reports.extend((dlrurl, str(r["recipient"]), str(r["messageid"])) for r in response)
         return web.json_response(
             {
                 "status": "success",
@@ -62,6 +71,7 @@ def provider_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/api/v2/sms/send", send)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/campaign", campaign)
     return app
 
 
@@ -116,9 +126,13 @@ def receiver_app() -> web.Application:
             }
         )
 
+    async def bare_report(request: web.Request) -> web.Response:
+        return web.Response(text="OK")  # the ceiling a delivery report's intake is compared with
+
     app = web.Application()
     app.router.add_post("/hooks", hook)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/dlr/{token}", bare_report)
     return app
 
 

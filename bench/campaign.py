@@ -1,0 +1,164 @@
+"""A campaign played as the provider plays it (`python -m bench.campaign`, docs/performance.md):
+N recipients sent in requests of 1,000, then every delivery report fired at once, 64 at a time
+(GET on each dlrurl, as the provider calls back), with the team's callback a fast receiver. The
+same reports also go to a bare aiohttp handler that only answers 200: the intake's ceiling.
+
+Prints the reports taken in a second by the gateway and by the bare handler, their ratio
+(issue 25's target: >= 0.5), the webhooks a second the receiver saw, and any delivered twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .run import free_port, gateway_env, pg_database, process, token
+from .servers import CAMPAIGN_TEXT
+
+BATCH = 1000
+REPORTERS = 64
+
+
+async def fire(http: aiohttp.ClientSession, reports: list[tuple[str, str, str]]) -> float:
+    """Every report, REPORTERS at a time; the seconds they took. Each must be answered 200."""
+    queue = list(reversed(reports))
+
+    async def reporter() -> None:
+        while queue:
+            dlrurl, recipient, message_id = queue.pop()
+            params = {
+                "dnis": recipient,
+                "username": "u",
+                "password": "p",
+                "command": "deliver",
+                "dlvrMsgId": message_id,
+                "dlvrMsgStat": "D",
+            }
+            async with http.get(dlrurl, params=params) as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+
+    started = time.perf_counter()
+    await asyncio.gather(*(reporter() for _ in range(REPORTERS)))
+    return time.perf_counter() - started
+
+
+async def campaign(count: int, directory: Path, postgres: str | None) -> dict[str, Any]:
+    provider_port, receiver_port, gateway_port = free_port(), free_port(), free_port()
+    provider = f"http://127.0.0.1:{provider_port}"
+    receiver = f"http://127.0.0.1:{receiver_port}"
+    directory = Path(tempfile.mkdtemp(dir=directory))
+    env = gateway_env(directory, f"{provider}/api/v2/sms/send", gateway_port)
+    env["GATEWAY_CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"
+    if postgres is not None:
+        env["GATEWAY_DATABASE"] = postgres
+    base = f"http://127.0.0.1:{gateway_port}"
+    headers = {"Authorization": f"Bearer {token('admin')}"}
+    async with (
+        process(
+            ["-m", "bench.servers", "provider", str(provider_port)], provider_port, None, "/stats"
+        ),
+        process(
+            ["-m", "bench.servers", "receiver", str(receiver_port)], receiver_port, None, "/stats"
+        ),
+        process(["-m", "gateway", "serve"], gateway_port, env),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            f"{base}/admin/teams",
+            headers=headers,
+            json={"id": "campaign", "name": "Campaign", "callback_url": f"{receiver}/hooks"},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        team = {"Authorization": f"Bearer {_team_token()}"}
+        for first in range(0, count, BATCH):
+            to = [f"250788{n:06d}" for n in range(first, min(count, first + BATCH))]
+            async with http.post(
+                f"{base}/messages", headers=team, json={"to": to, "text": CAMPAIGN_TEXT}
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+        async with http.get(f"{provider}/campaign") as resp:
+            reports = [(str(u), str(r), str(m)) for u, r, m in await resp.json()]
+        assert len(reports) == count
+        bare = [
+            (str(URL(u).with_host("127.0.0.1").with_port(receiver_port)), r, m)
+            for u, r, m in reports
+        ]
+        bare_seconds = await fire(http, bare)
+        gateway_seconds = await fire(http, reports)
+        while True:
+            async with http.get(f"{receiver}/stats") as resp:
+                stats: dict[str, Any] = await resp.json()
+            if stats["count"] >= count:
+                break
+            await asyncio.sleep(0.2)
+    span = stats["last"] - stats["first"]
+    return {
+        "intake": count / gateway_seconds,
+        "bare": count / bare_seconds,
+        "webhooks": stats["count"] / span if span > 0 else 0.0,
+        "twice": stats["twice"],
+    }
+
+
+def _team_token() -> str:
+    import jwt
+
+    from .run import SECRET
+
+    return jwt.encode(
+        {
+            "sub": "campaign",
+            "scope": "messages:send",
+            "exp": int(time.time()) + 3600,
+            "aud": "sms-gateway",
+        },
+        SECRET,
+        algorithm="HS256",
+    )
+
+
+async def main_async(sizes: list[int], server: str) -> int:
+    met = True
+    for kind in ("SQLite", "PostgreSQL") if server != "off" else ("SQLite",):
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in sizes:
+                if kind == "SQLite":
+                    result = await campaign(size, Path(tmp), None)
+                else:
+                    async with pg_database(server) as url:
+                        result = await campaign(size, Path(tmp), url)
+                ratio = result["intake"] / result["bare"]
+                print(
+                    f"{kind}, {size:,} recipients: reports {result['intake']:,.0f}/s, bare handler"
+                    f" {result['bare']:,.0f}/s, ratio {ratio:.2f}; webhooks"
+                    f" {result['webhooks']:,.0f}/s, {result['twice']} twice",
+                    flush=True,
+                )
+                met = met and ratio >= 0.5 and result["twice"] == 0
+    return 0 if met else 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.campaign", description=__doc__)
+    parser.add_argument("--sizes", default="10000,50000", help="recipients, comma-separated")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for the same run on a throwaway database; 'off' skips it",
+    )
+    options = parser.parse_args()
+    sizes = [int(n) for n in options.sizes.split(",")]
+    sys.exit(asyncio.run(main_async(sizes, options.postgres)))
+
+
+if __name__ == "__main__":
+    main()
