@@ -45,7 +45,8 @@ async def apply_report(
 
 
 async def _receive(tx: Tx, report: Report, at: str, delay: float) -> ReportOutcome:
-    await outbox.lock_batch(tx, report.batch_id)  # a settlement of this batch goes first or after
+    # a settlement of this batch goes first or after; other reports of it run alongside
+    await outbox.lock_batch(tx, report.batch_id, shared=True)
     report_id = await outbox.insert_report(
         tx, report.batch_id, report.provider_message_id, report.recipient, report.state, at
     )

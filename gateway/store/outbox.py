@@ -68,13 +68,16 @@ async def message_trace(tx: Tx, message_id: str) -> str | None:
     return row["trace"] if row else None
 
 
-async def lock_batch(tx: Tx, batch_id: str) -> None:
-    """Make this transaction and any other that locks the batch take turns: a batch's
-    settlement and its delivery reports, so that a report arriving on another replica while
-    the batch settles is either applied by the settlement or finds its message settled
-    (PostgreSQL; on SQLite every write transaction already excludes the others)."""
+async def lock_batch(tx: Tx, batch_id: str, *, shared: bool = False) -> None:
+    """Make a batch's settlement and its delivery reports take turns, so that a report arriving
+    on another replica while the batch settles is either applied by the settlement or finds
+    its message settled (PostgreSQL; on SQLite every write transaction already excludes the
+    others). Reports take the lock `shared`: they exclude the settlement, not each other (each
+    changes its own message, under that row's lock), so a campaign's reports of one batch
+    are not taken in one at a time."""
     if tx.dialect == "postgresql":
-        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (batch_id,))
+        kind = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        await tx.execute(f"SELECT {kind}(hashtext(?))", (batch_id,))
 
 
 INSERT_REPORT = (
