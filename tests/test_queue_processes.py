@@ -49,10 +49,18 @@ async def enqueue(
     return accepted
 
 
+# The gateway paces its own call starts (a second plus 40 ms between the first and the
+# rate+1-th); the fake provider, on the test's busy event loop, stamps their arrival up to tens
+# of milliseconds late, unevenly (one CI run in about ten saw a rate+1-th call 0.99 s after a
+# late-stamped first). A window this much shorter than a second still counts a doubled rate.
+ARRIVAL_JITTER = 0.05
+
+
 def times_per_second(provider: FakeProvider) -> int:
-    """The most provider calls that arrived within any one second."""
+    """The most provider calls that arrived within any one second, less the arrival jitter."""
     times = sorted(provider.times)
-    return max((sum(1 for t in times if start <= t < start + 1.0) for start in times), default=0)
+    window = 1.0 - ARRIVAL_JITTER
+    return max((sum(1 for t in times if start <= t < start + window) for start in times), default=0)
 
 
 async def count(database: str, sql: str) -> int:
