@@ -9,9 +9,7 @@ Prints the reports taken in a second by the gateway and by the bare handler, the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from .run import free_port, gateway_env, pg_database, process, token
+from .run import free_port, gateway_env, pg_database, process, sizes_main, token
 from .servers import CAMPAIGN_TEXT
 
 BATCH = 1000
@@ -78,7 +76,7 @@ async def campaign(count: int, directory: Path, postgres: str | None) -> dict[st
             json={"id": "campaign", "name": "Campaign", "callback_url": f"{receiver}/hooks"},
         ) as resp:
             assert resp.status == 201, await resp.text()
-        team = {"Authorization": f"Bearer {_team_token()}"}
+        team = {"Authorization": f"Bearer {token('messages:send', 'campaign')}"}
         for first in range(0, count, BATCH):
             to = [f"250788{n:06d}" for n in range(first, min(count, first + BATCH))]
             async with http.post(
@@ -109,23 +107,6 @@ async def campaign(count: int, directory: Path, postgres: str | None) -> dict[st
     }
 
 
-def _team_token() -> str:
-    import jwt
-
-    from .run import SECRET
-
-    return jwt.encode(
-        {
-            "sub": "campaign",
-            "scope": "messages:send",
-            "exp": int(time.time()) + 3600,
-            "aud": "sms-gateway",
-        },
-        SECRET,
-        algorithm="HS256",
-    )
-
-
 async def main_async(sizes: list[int], server: str) -> int:
     met = True
     for kind in ("SQLite", "PostgreSQL") if server != "off" else ("SQLite",):
@@ -148,16 +129,7 @@ async def main_async(sizes: list[int], server: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.campaign", description=__doc__)
-    parser.add_argument("--sizes", default="10000,50000", help="recipients, comma-separated")
-    parser.add_argument(
-        "--postgres",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL server for the same run on a throwaway database; 'off' skips it",
-    )
-    options = parser.parse_args()
-    sizes = [int(n) for n in options.sizes.split(",")]
-    sys.exit(asyncio.run(main_async(sizes, options.postgres)))
+    sizes_main("python -m bench.campaign", __doc__, main_async)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ to last.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import asyncpg
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 
-from .run import free_port, gateway_env, pg_database, process
+from .run import free_port, gateway_env, pg_database, process, sizes_main
 
 SECRET = "whsec_" + base64.b64encode(b"b" * 24).decode()
 
@@ -158,16 +156,7 @@ async def main_async(sizes: list[int], server: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
-    parser.add_argument("--sizes", default="10000,50000", help="backlog sizes, comma-separated")
-    parser.add_argument(
-        "--postgres",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL server for the same run on a throwaway database; 'off' skips it",
-    )
-    options = parser.parse_args()
-    sizes = [int(n) for n in options.sizes.split(",")]
-    sys.exit(asyncio.run(main_async(sizes, options.postgres)))
+    sizes_main("python -m bench.fanout", __doc__, main_async)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +86,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def token(scope: str = "messages:send messages:read") -> str:
-    """A long-lived bench token for the team."""
+def token(scope: str = "messages:send messages:read", subject: str = TEAM) -> str:
+    """A long-lived bench token for the team (or `subject`)."""
     return jwt.encode(
-        {"sub": TEAM, "scope": scope, "exp": int(time.time()) + 86400, "aud": "sms-gateway"},
+        {"sub": subject, "scope": scope, "exp": int(time.time()) + 86400, "aud": "sms-gateway"},
         SECRET,
         algorithm="HS256",
     )
@@ -633,6 +633,23 @@ async def _measure(
         print(f"{errors} requests failed", file=sys.stderr)
         return 1
     return 0 if options.smoke or all(met for _, met, _ in targets) else 3
+
+
+def sizes_main(
+    prog: str, description: str | None, run: Callable[[list[int], str], Coroutine[Any, Any, int]]
+) -> None:
+    """The command line of the runs measured at a few sizes, on SQLite then PostgreSQL
+    (bench.fanout, bench.campaign): `run(sizes, server)` gives the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--sizes", default="10000,50000", help="sizes, comma-separated")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for the same run on a throwaway database; 'off' skips it",
+    )
+    options = parser.parse_args()
+    sizes = [int(n) for n in options.sizes.split(",")]
+    sys.exit(asyncio.run(run(sizes, options.postgres)))
 
 
 def main() -> None:

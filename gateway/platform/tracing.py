@@ -26,7 +26,7 @@ _provider: Any = None
 _inject: Callable[..., None] | None = None
 _extract: Callable[..., Any] | None = None
 _kinds: dict[str, Any] = {}
-_NOOP: AbstractContextManager[None] = contextlib.nullcontext()
+NOOP: AbstractContextManager[None] = contextlib.nullcontext()  # a span when tracing is off
 
 ENDPOINT_SETTINGS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 EXTRA_MISSING = (
@@ -103,7 +103,7 @@ def span(
     """A span around a block, the current one's child (or `parent`'s, a stored traceparent);
     a shared no-op when tracing is off."""
     if _tracer is None:
-        return _NOOP
+        return NOOP
     context = _context_of(parent) if parent else None
     return _tracer.start_as_current_span(  # type: ignore[no-any-return]
         name, context=context, kind=_kinds[kind], attributes=attributes

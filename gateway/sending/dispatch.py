@@ -92,7 +92,7 @@ def _span(rows: Sequence[Row]) -> AbstractContextManager[Any]:
     """A queued batch's call and settlement, continuing the trace of the request that queued
     it (its stored traceparent)."""
     if not tracing.active():
-        return tracing.span("")
+        return tracing.NOOP
     attributes = {"gateway.batch_id": rows[0]["batch_id"], "gateway.messages": len(rows)}
     return tracing.span("dispatch batch", attributes=attributes, parent=rows[0]["trace"])
 
