@@ -215,6 +215,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         proxies=proxies,
         box=box,
         metrics=app[METRICS],
+        operator_secret=settings.operator_webhook_secret,
     )
     app[WORKER] = worker
     catch_up = CatchUp(store, lease.id, swept_answer)

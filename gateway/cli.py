@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .commands import (
+    cmd_audit,
+    cmd_audit_verify,
     cmd_backup,
     cmd_serve,
     cmd_team_create,
@@ -19,6 +21,7 @@ from .commands import (
     cmd_usage,
     parse_limit,
     parse_rate,
+    parse_thresholds,
     parse_ttl,
 )
 from .teams.tokens import DEFAULT_SCOPE
@@ -64,6 +67,14 @@ def _add_team_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         metavar="URL",
         help="default URL for delivery webhooks",
+    )
+    parser.add_argument(
+        "--alert-thresholds",
+        dest="alert_thresholds",
+        type=parse_thresholds,
+        default=argparse.SUPPRESS,
+        metavar="PERCENTS",
+        help="usage alert thresholds, e.g. 50,80,100 ('none' for no threshold alerts)",
     )
 
 
@@ -162,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="print CSV (team,messages,segments,cost,currency) for billing",
     )
     usage.set_defaults(func=cmd_usage)
+
+    audit = commands.add_parser(
+        "audit", parents=[common], help="read the audit log (newest first), or verify its chain"
+    )
+    audit.add_argument("--team", help="only entries about this team")
+    audit.add_argument("--actor", help="only entries by this actor (a token's sub, cli:USER)")
+    audit.add_argument("--action", help="only this action, e.g. team.updated")
+    audit.add_argument("--since", metavar="TIME", help="from this ISO 8601 date or time")
+    audit.add_argument("--until", metavar="TIME", help="before this ISO 8601 date or time")
+    audit.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N entries (default 50)"
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    audit.set_defaults(func=cmd_audit)
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    verify = audit_commands.add_parser(
+        "verify",
+        parents=[common],
+        help="walk the hash chain; exit 1 naming the first entry altered or removed",
+    )
+    verify.set_defaults(func=cmd_audit_verify)
     return parser
 
 

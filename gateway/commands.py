@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -14,16 +16,18 @@ from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import GatewayError, domain_error
-from .platform.clock import utcnow
+from .platform.clock import time_bound, utcnow
+from .platform.ids import ulid
 from .platform.settings import ConfigError, Settings
 from .provider.sandbox import signing_key as sandbox_signing_key
 from .provider.sandbox import stored_signing_key
 from .sending.validation import callback_guard
 from .store import Store, describe, is_postgres, make_store
+from .store import audit as store_audit
 from .store import teams as store_teams
 from .store.backup import BackupError, backup
 from .store.errors import StoreError
-from .teams.fields import check_team_fields, teams_table
+from .teams.fields import audit_table, check_team_fields, check_thresholds, teams_table
 from .teams.tokens import check_scopes, issue_token
 from .teams.usage import billing_report, check_month, report_csv, report_table
 
@@ -64,6 +68,27 @@ def parse_rate(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+
+def parse_thresholds(text: str) -> list[int]:
+    """'80,100' -> [80, 100]; 'none' -> [] (only the refusal's alert)."""
+    if text.strip().lower() in ("none", "null", ""):
+        return []
+    try:
+        return check_thresholds([int(part) for part in text.replace(" ", "").split(",")])
+    except (ValueError, GatewayError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of distinct whole percents from 1 to 100, like 80,100"
+        ) from None
+
+
+def cli_actor() -> store_audit.Actor:
+    """This command's author for the audit log: cli:<OS user>, on this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return store_audit.Actor(f"cli:{user}", "cli", socket.gethostname(), "cli_" + ulid(utcnow()))
 
 
 def load_settings(args: argparse.Namespace, *, serving: bool) -> Settings:
@@ -130,6 +155,7 @@ def _team_fields(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         "monthly_budget",
         "callback_url",
         "rate_limit_per_second",
+        "alert_thresholds",
     ):
         value = getattr(args, name, argparse.SUPPRESS)
         if value is not argparse.SUPPRESS:
@@ -170,7 +196,10 @@ def cmd_team_create(args: argparse.Namespace) -> None:
     except GatewayError as exc:
         fail(exc.detail)
     team_id = fields.pop("id")
-    team = _run(settings, lambda s: store_teams.create_team(s, team_id, fields, utcnow()))
+    actor = cli_actor()
+    team = _run(
+        settings, lambda s: store_teams.create_team(s, team_id, fields, utcnow(), actor=actor)
+    )
     _print_json(team.public(with_secret=True))
 
 
@@ -190,21 +219,26 @@ def cmd_team_update(args: argparse.Namespace) -> None:
     fields = _team_fields(args, settings)
     if not fields:
         fail("nothing to change: give at least one option (see --help)")
-    team = _run(settings, lambda s: store_teams.update_team(s, args.id, fields))
+    actor = cli_actor()
+    team = _run(settings, lambda s: store_teams.update_team(s, args.id, fields, actor=actor))
     _print_json(team.public())
 
 
 def cmd_team_disable(args: argparse.Namespace) -> None:
     """Disable a team: its tokens get 403 from now on."""
     settings = load_settings(args, serving=False)
-    team = _run(settings, lambda s: store_teams.update_team(s, args.id, {"active": False}))
+    actor = cli_actor()
+    team = _run(
+        settings, lambda s: store_teams.update_team(s, args.id, {"active": False}, actor=actor)
+    )
     _print_json(team.public())
 
 
 def cmd_team_rotate(args: argparse.Namespace) -> None:
     """Give a team a new webhook secret and print it (shown this once)."""
     settings = load_settings(args, serving=False)
-    team = _run(settings, lambda s: store_teams.rotate_webhook_secret(s, args.id))
+    actor = cli_actor()
+    team = _run(settings, lambda s: store_teams.rotate_webhook_secret(s, args.id, actor=actor))
     _print_json(team.public(with_secret=True))
 
 
@@ -276,3 +310,46 @@ def cmd_backup(args: argparse.Namespace) -> None:
     if check != "ok":
         fail(f"the copy at {args.dest} failed its integrity check: {check}")
     print(f"backed up {settings.database} to {args.dest}: {pages:,} pages, integrity ok")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    """Print the audit log's entries, newest first (a table, or JSON with --json)."""
+    settings = load_settings(args, serving=False)
+    bounds: dict[str, str | None] = {}
+    for name in ("since", "until"):
+        raw = getattr(args, name)
+        bounds[name] = None if raw is None else time_bound(raw)
+        if raw is not None and bounds[name] is None:
+            fail(f"--{name} {raw!r} is not an ISO 8601 date or time, like 2026-12-01T08:00:00Z")
+    if not 1 <= args.limit <= 100_000:
+        fail("--limit must be from 1 to 100000")
+    where = store_audit.AuditFilter(
+        actor=args.actor,
+        team=args.team,
+        action=args.action,
+        since=bounds["since"],
+        until=bounds["until"],
+    )
+    rows = _run(settings, lambda s: store_audit.entries(s, where, args.limit))
+    if args.json:
+        _print_json(rows)
+    else:
+        print(audit_table(rows))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    """Walk the chain: exit 0 if every link holds, 1 naming the first that does not."""
+    settings = load_settings(args, serving=False)
+    verdict: store_audit.Verdict = _run(settings, store_audit.verify)
+    if verdict.ok:
+        print(
+            f"audit log ok: {verdict.entries:,} entries, head {verdict.head_seq} "
+            f"{verdict.head_hash}"
+        )
+        return
+    print(
+        f"sms-gateway: audit log broken at entry {verdict.broken_seq}: {verdict.reason} "
+        f"({verdict.entries:,} entries before it hold)",
+        file=sys.stderr,
+    )
+    raise SystemExit(1)

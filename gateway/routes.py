@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, compat, dlr, messages, ops, usage, webhooks
+from .handlers import admin, audit, compat, dlr, messages, ops, usage, webhooks
 
 
 def setup_routes(app: web.Application) -> None:
@@ -25,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/admin/webhooks", webhooks.list_hooks, allow_head=False)
     app.router.add_post("/admin/webhooks/{id}/retry", webhooks.retry_hook)
     app.router.add_get("/admin/dlr-reports", webhooks.list_dlr_reports, allow_head=False)
+    app.router.add_get("/admin/audit", audit.list_audit, allow_head=False)
     app.router.add_get("/dlr/{token}", dlr.receive, allow_head=False)
     app.router.add_post("/dlr/{token}", dlr.receive)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)

@@ -383,17 +383,26 @@ class Receiver:
                 await self.arrived.wait()
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    """A running webhook receiver."""
+@contextlib.asynccontextmanager
+async def running_receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on a real aiohttp server, its URL in `url`."""
     state = Receiver()
     app = web.Application()
     app.router.add_post("/hooks", state.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     state.url = str(server.make_url("/hooks"))
-    yield state
-    await server.close()
+    try:
+        yield state
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A running webhook receiver."""
+    async with running_receiver() as state:
+        yield state
 
 
 def serve_env(

@@ -339,3 +339,47 @@ async def test_odd_input_is_never_a_500(browser: tuple[Browser, Client]) -> None
         None,
         True,
     )
+
+
+async def test_a_change_from_the_dashboard_is_audited_and_shown(
+    browser: tuple[Browser, Client], receiver: Receiver
+) -> None:
+    shown, client = browser
+    await create_team(client, "payments", daily_limit=5, callback_url=receiver.url)
+    await shown.sign_in(mint("ops-carol", "admin"))
+    await shown.goto("/dashboard/teams/payments")
+    assert await shown.page.input_value("#alert_thresholds") == "80, 100"
+    await shown.page.fill("#daily_limit", "10")
+    await shown.page.fill("#alert_thresholds", "50, 100")
+    await shown.page.click("text=Save")
+    page = await (await client.get("/admin/audit", headers=ADMIN)).json()
+    [change, created] = page["data"]
+    assert (change["actor"], change["source"], change["action"]) == (
+        "ops-carol",
+        "dashboard",
+        "team.updated",
+    )
+    assert change["before"] == {"daily_limit": 5, "alert_thresholds": [80, 100]}
+    assert change["after"] == {"daily_limit": 10, "alert_thresholds": [50, 100]}
+    assert created["source"] == "api"
+    history = await shown.page.inner_text("#history")  # the team page lists its own history
+    assert "team.updated" in history and "ops-carol" in history
+    await shown.goto("/dashboard/audit?source=x")  # an unknown filter: said, not a 500
+    assert "not a filter" in await shown.page.inner_text(".error")
+    await shown.goto("/dashboard/audit")
+    await shown.page.fill("#f-actor", "ops-carol")
+    await shown.page.click("text=Filter")
+    rows = await shown.page.locator("table.audit tbody tr").all_inner_texts()
+    assert len(rows) == 1 and "team.updated" in rows[0]
+    # a send to half the daily limit: this month's alerts on the overview and the team page
+    resp = await client.post(
+        "/messages",
+        json={"to": [f"078800000{i}" for i in range(5)], "text": "hi"},
+        headers=auth(mint("payments")),
+    )
+    assert resp.status == 201
+    await shown.goto("/dashboard/")
+    alerts = await shown.page.inner_text("#alerts")
+    assert "usage.threshold_reached" in alerts and "5 of 10" in alerts and "50 %" in alerts
+    await shown.goto("/dashboard/teams/payments")
+    assert "usage.threshold_reached" in await shown.page.inner_text("#alerts")

@@ -54,7 +54,9 @@ async def test_metrics_move_with_traffic(
     make_client: ClientFactory, provider: FakeProvider, receiver: Receiver
 ) -> None:
     client = await make_client(webhook_retry_schedule=(0.0,))
-    await create_team(client, "payments", daily_limit=3, callback_url=receiver.url)
+    await create_team(
+        client, "payments", daily_limit=3, alert_thresholds=[], callback_url=receiver.url
+    )
     receiver.failures = 1
     provider.dlr = "after"
     assert (
@@ -72,12 +74,13 @@ async def test_metrics_move_with_traffic(
         headers=SEND,
     )
     await client.get("/messages/msg_missing", headers=SEND)
-    await receiver.wait_for(3)  # delivered, failed (gave up), and the 502's failed message
+    # delivered, failed (gave up), the 502's failed message, and the 429's usage.limit_reached
+    await receiver.wait_for(4)
     async with asyncio.timeout(5):
         while True:  # each attempt is recorded just after the receiver answers
             s = await scrape(client)
             if (
-                value(s, "gateway_webhook_attempts_total", result="delivered") == 2
+                value(s, "gateway_webhook_attempts_total", result="delivered") == 3
                 and value(s, "gateway_webhook_attempts_total", result="failed") == 1
             ):
                 break
@@ -107,7 +110,7 @@ async def test_metrics_move_with_traffic(
     assert value(s, "gateway_quota_rejections_total", team="payments", quota="daily_limit") == 1
     assert value(s, "gateway_dlr_received_total", status="delivered", outcome="applied") == 1
     assert value(s, "gateway_webhook_attempts_total", result="failed") == 1
-    assert value(s, "gateway_webhook_attempts_total", result="delivered") == 2
+    assert value(s, "gateway_webhook_attempts_total", result="delivered") == 3
     assert value(s, "gateway_webhooks_failed") == 1
     assert value(s, "gateway_webhook_backlog") == 0
     assert API_KEY not in str(s) and PASSWORD not in str(s)

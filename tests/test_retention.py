@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.platform.clock import iso
 from gateway.platform.ids import lowest_ulid
 from gateway.platform.settings import Settings
+from gateway.store import teams as store_teams
 from gateway.store.retention import delete_older_than
 from gateway.store.sqlite import SqliteStore
 
@@ -87,13 +88,30 @@ async def test_deletion_goes_a_chunk_at_a_time_and_keeps_pending_deliveries(
                     " '{}', 'pending', ?)",
                     (mid, iso(then)),
                 )
+        for n, status in enumerate(("delivered", "failed", "pending")):  # usage alerts' webhooks
+            await store.run(
+                "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+                " created_at) VALUES (?, NULL, 't', 'usage.limit_reached', 'http://x', '{}', ?,"
+                " ?)",
+                (f"whk_{lowest_ulid(then)[:-1]}{n}", status, iso(then)),
+            )
+        await store.run(
+            "INSERT INTO usage_alerts (team_id, period, limit_kind, type, threshold, limit_value,"
+            " used, at) VALUES ('t', '2026-01', 'monthly', 'usage.limit_reached', 100, 1, 1, ?)",
+            (iso(then),),
+        )
+        await store_teams.update_team(store, "t", {"daily_limit": 3})  # an audit entry
         cutoff = datetime.now(UTC) - timedelta(days=5)
         deleted = await delete_older_than(
             store, "msg_" + lowest_ulid(cutoff), iso(cutoff), chunk=10
         )
-        assert deleted == {"webhooks": 0, "messages": 94, "dlr_reports": 0}
+        assert deleted == {"webhooks": 0, "alert_webhooks": 2, "messages": 94, "dlr_reports": 0}
         left = await store.fetchall("SELECT id FROM messages")
         assert len(left) == 1  # the one whose webhook is still pending
+        assert len(await store.fetchall("SELECT id FROM webhooks WHERE message_id IS NULL")) == 1
+        # the audit log and the alerts themselves are kept, whatever their age
+        assert len(await store.fetchall("SELECT seq FROM audit_log")) == 1
+        assert len(await store.fetchall("SELECT team_id FROM usage_alerts")) == 1
     finally:
         await store.close()
 

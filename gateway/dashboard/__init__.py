@@ -13,6 +13,7 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import session_middleware
 
 from ..keys import SETTINGS, STORE, TIMEZONE
+from . import audit as audit_views
 from . import messages as message_views
 from . import teams as team_views
 from . import views
@@ -66,6 +67,7 @@ def dashboard_app(parent: web.Application) -> web.Application:
     r.add_get("/webhooks", message_views.webhooks, name="webhooks")
     r.add_post("/webhooks/{id}/retry", message_views.retry_webhook, name="retry")
     r.add_get("/billing", views.billing, name="billing")
+    r.add_get("/audit", audit_views.audit, name="audit")
     r.add_get("/billing.csv", views.billing_csv, name="billing_csv")
     r.add_static("/static", HERE / "static", name="static")
     return app

@@ -13,7 +13,7 @@ from ..sending import numbers
 from ..store import dashboard as store_dashboard
 from ..store import outbox
 from ..store.reads import ListFilter
-from .session import form_with_csrf, require_session
+from .session import form_with_csrf, operator, require_session
 from .views import PAGE, STATUSES, render_page
 
 
@@ -130,7 +130,7 @@ async def retry_webhook(request: web.Request) -> web.Response:
     await form_with_csrf(request)
     app = request.config_dict
     hook_id = request.match_info["id"]
-    if await outbox.retry_webhook(app[STORE], hook_id) is None:
+    if await outbox.retry_webhook(app[STORE], hook_id, actor=await operator(request)) is None:
         raise NotFound(f"no webhook {hook_id!r}", code="webhook_not_found")
     app[WORKER].wake()
     location = request.app.router["webhooks"].url_for().with_query(retried=hook_id)

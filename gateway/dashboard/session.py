@@ -16,9 +16,11 @@ from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session
 
 from ..platform.clock import iso
+from ..platform.logs import request_id
 from ..sending.validation import refuse_unstorable, unstorable_fields
 from ..store import Store
 from ..store import dashboard as store_dashboard
+from ..store.audit import Actor
 
 COOKIE = "sms_gateway_dashboard"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -112,6 +114,13 @@ async def form_with_csrf(request: web.Request) -> dict[str, str]:
     if not (expected and hmac.compare_digest(fields.get("csrf", ""), expected)):
         raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong; nothing changed")
     return fields
+
+
+async def operator(request: web.Request) -> Actor:
+    """The signed-in operator making a change from a page, for its audit entry."""
+    session = await signed_in(request)
+    subject = str(session.get("sub")) if session else "unknown"
+    return Actor(subject, "dashboard", request.remote, request_id.get())
 
 
 def start(session: Session, subject: str, expires: float) -> None:

@@ -9,14 +9,16 @@ from aiohttp import web
 
 from ..errors import GatewayError, NotFound
 from ..keys import CLOCK, SETTINGS, STORE, TEAMS, TIMEZONE
-from ..platform.clock import periods
+from ..platform.clock import next_month, periods
 from ..sending.validation import callback_guard
+from ..store import alerts as store_alerts
 from ..store import dashboard as store_dashboard
 from ..store import teams as store_teams
+from ..store.audit import AuditFilter, entries
 from ..store.usage import period_usage
 from ..teams.fields import TEAM_ID, check_team_fields
 from . import charts
-from .session import form_with_csrf, require_session
+from .session import form_with_csrf, operator, require_session
 from .views import render_page
 
 TEAM_FORM_FIELDS = (
@@ -26,6 +28,7 @@ TEAM_FORM_FIELDS = (
     "monthly_budget",
     "rate_limit_per_second",
     "callback_url",
+    "alert_thresholds",
 )
 
 
@@ -81,6 +84,11 @@ def _form_body(fields: dict[str, str], names: tuple[str, ...]) -> tuple[dict[str
                 return body, f"{name}: must be a number, or empty for unlimited"
         elif name == "callback_url":
             body[name] = raw or None
+        elif name == "alert_thresholds":
+            parts = [p for p in raw.replace(",", " ").split() if p]
+            if not all(p.isdigit() for p in parts):
+                return body, f"{name}: must be whole percents from 1 to 100, like 80, 100"
+            body[name] = [int(p) for p in parts]
         else:
             body[name] = raw
     return body, None
@@ -98,7 +106,9 @@ async def create_team(request: web.Request) -> web.Response:
         try:
             checked = check_team_fields(body, creating=True, guard=callback_guard(app[SETTINGS]))
             team_id = checked.pop("id")
-            team = await store_teams.create_team(app[STORE], team_id, checked, app[CLOCK]())
+            team = await store_teams.create_team(
+                app[STORE], team_id, checked, app[CLOCK](), actor=await operator(request)
+            )
             app[TEAMS].forget(team_id)
         except GatewayError as exc:
             error = exc.detail
@@ -150,17 +160,28 @@ async def _team_page(
             {"used": [daily.get(d, (0, 0))[0] for d in days]},
             title=f"Segments used each day of {month}",
         ),
+        "alerts": [
+            a
+            for a in await store_alerts.fired(store, month, next_month(month))
+            if a["team"] == team.id
+        ],
+        "history": await entries(store, AuditFilter(team=team.id), 20),
         "secret": secret,
         "notice": notice,
         "error": error,
         "form": form
         if form is not None
-        else {
-            name: "" if getattr(team, name) is None else str(getattr(team, name))
-            for name in TEAM_FORM_FIELDS
-        },
+        else {name: _form_value(getattr(team, name)) for name in TEAM_FORM_FIELDS},
     }
     return await render_page(request, "team.html", values, status)
+
+
+def _form_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 @require_session
@@ -182,7 +203,9 @@ async def update_team(request: web.Request) -> web.Response:
     if error is None:
         try:
             checked = check_team_fields(body, creating=False, guard=callback_guard(app[SETTINGS]))
-            await store_teams.update_team(app[STORE], team_id, checked)
+            await store_teams.update_team(
+                app[STORE], team_id, checked, actor=await operator(request)
+            )
             app[TEAMS].forget(team_id)
         except NotFound:
             raise
@@ -200,7 +223,9 @@ async def rotate_secret(request: web.Request) -> web.Response:
     team_id = request.match_info["id"]
     if not TEAM_ID.fullmatch(team_id):
         raise NotFound(f"no team {team_id!r}", code="team_not_found")
-    rotated = await store_teams.rotate_webhook_secret(app[STORE], team_id)
+    rotated = await store_teams.rotate_webhook_secret(
+        app[STORE], team_id, actor=await operator(request)
+    )
     app[TEAMS].forget(team_id)
     return await _team_page(
         request, team_id, secret=rotated.webhook_secret, notice="Webhook secret rotated."

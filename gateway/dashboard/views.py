@@ -13,8 +13,9 @@ from aiohttp_session import new_session
 
 from ..errors import GatewayError, Unauthenticated
 from ..keys import AUTH, CLOCK, METRICS, STORE, TIMEZONE
-from ..platform.clock import parse_iso, periods
+from ..platform.clock import next_month, parse_iso, periods
 from ..platform.ids import lowest_ulid
+from ..store import alerts as store_alerts
 from ..store import dashboard as store_dashboard
 from ..store import outbox, rows
 from ..store import queue as store_queue
@@ -151,6 +152,7 @@ async def overview(request: web.Request) -> web.Response:
             "provider": _provider_stats(request),
             "webhooks": {"pending": hooks.get("pending", 0), "failed": hooks.get("failed", 0)},
             "unmatched": await store_dashboard.unmatched_reports(store),
+            "alerts": await store_alerts.fired(store, month, next_month(month)),
             "queue": {
                 "depth": queue.depth,
                 "age": queue.age(),

@@ -77,8 +77,10 @@ class WebhookWorker:
         box: SecretBox | None = None,
         concurrency: int = 16,
         metrics: Metrics | None = None,
+        operator_secret: str | None = None,
     ) -> None:
         self._owner = owner
+        self._operator_secret = operator_secret
         self._guard = guard
         self._proxies = proxies or Proxies()
         self._box = box
@@ -192,7 +194,12 @@ class WebhookWorker:
                 **via,
             )
         body = hook.payload.encode()
-        headers = {**signed_headers(hook.secret, hook.id, body, int(time.time())), **extra_headers}
+        secret = hook.secret
+        if hook.kind == "operator":  # a usage alert to GATEWAY_OPERATOR_WEBHOOK_URL
+            if not self._operator_secret:
+                raise CallbackRefused("this replica has no GATEWAY_OPERATOR_WEBHOOK_SECRET")
+            secret = self._operator_secret
+        headers = {**signed_headers(secret, hook.id, body, int(time.time())), **extra_headers}
         tracing.inject(headers)  # the receiver continues the trace of the send
         return self._session.post(
             url, data=body, headers=headers, allow_redirects=False, timeout=timeout, **via

@@ -9,7 +9,7 @@ from ..keys import CLOCK, SETTINGS, STORE, TEAMS
 from ..sending.validation import callback_guard
 from ..store import teams as store_teams
 from ..teams.fields import TEAM_ID, check_team_fields
-from .common import admin, json_response, read_json
+from .common import actor_of, admin, json_response, read_json
 
 
 def _team_id(request: web.Request) -> str:
@@ -21,12 +21,18 @@ def _team_id(request: web.Request) -> str:
 
 async def create_team(request: web.Request) -> web.Response:
     """Register a team; the answer is the only time its webhook secret is shown, with rotation."""
-    await admin(request)
+    caller = await admin(request)
     fields = check_team_fields(
         await read_json(request), creating=True, guard=callback_guard(request.app[SETTINGS])
     )
     team_id = fields.pop("id")
-    team = await store_teams.create_team(request.app[STORE], team_id, fields, request.app[CLOCK]())
+    team = await store_teams.create_team(
+        request.app[STORE],
+        team_id,
+        fields,
+        request.app[CLOCK](),
+        actor=actor_of(request, caller),
+    )
     request.app[TEAMS].forget(team_id)
     return json_response(
         team.public(with_secret=True), status=201, headers={"Location": f"/admin/teams/{team.id}"}
@@ -48,21 +54,26 @@ async def get_team(request: web.Request) -> web.Response:
 
 
 async def update_team(request: web.Request) -> web.Response:
-    """Change a team's name, limits, callback URL or active flag; effective on the next request."""
-    await admin(request)
+    """Change a team's name, limits, callback URL, alert thresholds or active flag; effective
+    on the next request."""
+    caller = await admin(request)
     team_id = _team_id(request)
     fields = check_team_fields(
         await read_json(request), creating=False, guard=callback_guard(request.app[SETTINGS])
     )
-    team = await store_teams.update_team(request.app[STORE], team_id, fields)
+    team = await store_teams.update_team(
+        request.app[STORE], team_id, fields, actor=actor_of(request, caller)
+    )
     request.app[TEAMS].forget(team_id)
     return json_response(team.public())
 
 
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     """Give the team a new webhook secret, shown in this answer only."""
-    await admin(request)
+    caller = await admin(request)
     team_id = _team_id(request)
-    team = await store_teams.rotate_webhook_secret(request.app[STORE], team_id)
+    team = await store_teams.rotate_webhook_secret(
+        request.app[STORE], team_id, actor=actor_of(request, caller)
+    )
     request.app[TEAMS].forget(team_id)
     return json_response(team.public(with_secret=True))

@@ -9,7 +9,9 @@ from aiohttp import web
 from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited, UnsupportedMediaType
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..platform.jsonio import dumps, loads
+from ..platform.logs import request_id
 from ..sending.validation import refuse_unstorable, unstorable_fields
+from ..store.audit import Actor
 from ..store.teams import Team
 from ..teams.auth import Principal, bearer_token, require_scope
 from ..teams.ratelimit import retry_after
@@ -96,3 +98,8 @@ async def admin(request: web.Request) -> Principal:
     caller = await principal(request)
     require_scope(caller, "admin")
     return caller
+
+
+def actor_of(request: web.Request, caller: Principal, source: str = "api") -> Actor:
+    """Who makes a change through this request, for its audit entry."""
+    return Actor(caller.subject, source, request.remote, request_id.get())

@@ -7,7 +7,7 @@ from aiohttp import web
 from ..errors import NotFound, ValidationFailed
 from ..keys import STORE, WORKER
 from ..store.outbox import list_reports, list_webhooks, retry_webhook
-from .common import admin, json_response
+from .common import actor_of, admin, json_response
 
 WEBHOOK_STATUSES = frozenset({"pending", "delivered", "failed"})
 
@@ -46,8 +46,10 @@ async def list_hooks(request: web.Request) -> web.Response:
 
 async def retry_hook(request: web.Request) -> web.Response:
     """Queue a webhook again, now, with a fresh retry schedule."""
-    await admin(request)
-    hook = await retry_webhook(request.app[STORE], request.match_info["id"])
+    caller = await admin(request)
+    hook = await retry_webhook(
+        request.app[STORE], request.match_info["id"], actor=actor_of(request, caller)
+    )
     if hook is None:
         raise NotFound(f"no webhook {request.match_info['id']!r}", code="webhook_not_found")
     request.app[WORKER].wake()

@@ -65,3 +65,21 @@ def next_month_start(at: datetime, tz: ZoneInfo) -> datetime:
     local = at.astimezone(tz)
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     return datetime(year, month, 1, tzinfo=tz)
+
+
+def time_bound(text: str) -> str | None:
+    """A time a caller gives as a filter (ISO 8601: `2026-12-01`, `2026-12-01T08:00:00Z`,
+    with an offset or UTC when none is given) as the stored ISO text; None if it is not one."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return iso(value.astimezone(UTC))
+    except (ValueError, OverflowError):  # not a time, or one outside the calendar in UTC
+        return None
+
+
+def next_month(month: str) -> str:
+    """The month after a YYYY-MM month: '2026-12' -> '2027-01'."""
+    year, number = int(month[:4]), int(month[5:7])
+    return f"{year + number // 12}-{number % 12 + 1:02d}"

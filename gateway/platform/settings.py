@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import tomllib
 import zoneinfo
@@ -85,6 +86,8 @@ class Settings:
     max_clock_offset: float = 2.0  # seconds from the database's clock before a warning
     secret_key: str | None = field(default=None, repr=False)  # seals drop-in DLR passwords
     secret_key_file: str | None = None  # a file holding secret_key instead
+    operator_webhook_url: str | None = None  # usage alerts go here too (SPEC 8)
+    operator_webhook_secret: str | None = field(default=None, repr=False)  # signs them (whsec_)
     tracing: bool = False  # OpenTelemetry's own OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing.py)
 
     def __post_init__(self) -> None:
@@ -103,12 +106,14 @@ class Settings:
             self.provider_password,
             self.jwt_secret,
             self.secret_key,
+            self.operator_webhook_secret,
             database_password,
         )
         return tuple(v for v in values if v)
 
     def validate(self) -> None:
         """Raise ConfigError with one clear line if the settings cannot run a gateway."""
+        self._validate_operator_webhook()
         if self.tracing and not tracing.installed():
             raise ConfigError(tracing.EXTRA_MISSING)
         if not self.sandbox:
@@ -274,6 +279,23 @@ class Settings:
             settings.validate()
         return settings
 
+    def _validate_operator_webhook(self) -> None:
+        if self.operator_webhook_url is None:
+            return
+        _check_url("GATEWAY_OPERATOR_WEBHOOK_URL", self.operator_webhook_url)
+        secret = self.operator_webhook_secret or ""
+        key = secret.removeprefix("whsec_")
+        try:
+            valid = secret.startswith("whsec_") and len(base64.b64decode(key, validate=True)) >= 24
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                "GATEWAY_OPERATOR_WEBHOOK_URL needs GATEWAY_OPERATOR_WEBHOOK_SECRET to sign the "
+                'alerts: whsec_ and the base64 of 24 or more random bytes (python -c "import '
+                "base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")"
+            )
+
 
 def _check_url(name: str, value: str) -> None:
     parts = urlsplit(value)
@@ -355,6 +377,8 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             "provider_password",
             "secret_key",
             "secret_key_file",
+            "operator_webhook_url",
+            "operator_webhook_secret",
         ):
             out[key] = str(value) if str(value) != "" else None
         else:

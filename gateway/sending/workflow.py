@@ -114,6 +114,7 @@ async def send(
         return replay(reserved, body_hash)
     if reserved is not None:
         ctx.metrics.quota_rejections.labels(team_id, reserved.quota).inc()
+        ctx.webhooks_queued()  # the refusal may have queued its usage.limit_reached
         raise _quota_error(reserved, now, ctx.tz)
     if accepted is not None:  # queued: stored with its reservation; the dispatcher sends it
         ctx.metrics.messages.labels(batch.status).inc(len(batch.messages))
@@ -211,6 +212,7 @@ def _new_batch(
         ],
         client_dlr=client_dlr,
         trace=tracing.traceparent(),
+        alert_url=ctx.settings.operator_webhook_url,
         **queued,
     )
 

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ..teams import quota
+from . import alerts
 from .db import Store, Tx
 from .errors import DatabaseBusy, Refused
 from .keys import KeyAnswer
@@ -47,6 +48,7 @@ class Batch:
     expires_at: str | None = None  # scheduled: `expired` if still unsent then
     validity: float = 0.0  # queued without send_at: seconds from now (the database's) to expiry
     trace: str | None = None  # the sending request's traceparent, when tracing is on
+    alert_url: str | None = None  # GATEWAY_OPERATOR_WEBHOOK_URL: usage alerts go there too
 
     @property
     def queued(self) -> bool:
@@ -103,18 +105,29 @@ class TeamInactive(Exception):
     """The team was disabled (or removed) after its request was authenticated."""
 
 
+@dataclass(frozen=True)
+class Room:
+    """A send fits: the team's limits, its use before the send, and where its alerts go."""
+
+    limits: quota.Limits
+    used: quota.Usage
+    thresholds: tuple[int, ...]
+    callback_url: str | None
+
+
 async def _check(
     tx: Tx, batch: Batch, claim: IdempotencyClaim | None
-) -> quota.Refusal | PriorAnswer | quota.Limits:
+) -> quota.Refusal | PriorAnswer | Room:
     """What a reservation finds first: a live key's prior answer, or the limit the send would
-    pass, or (it fits) the team's limits. Raises TeamInactive for a disabled team."""
+    pass, or (it fits) the room it has. Raises TeamInactive for a disabled team."""
     if claim is not None:
         prior = await _claimed(tx, batch.team_id, claim)
         if prior is not None:
             return prior
     # The team's limits and its counters for both periods, in one statement.
     team = await tx.fetchone(
-        "SELECT t.active, t.daily_limit, t.monthly_limit, t.monthly_budget,"
+        "SELECT t.active, t.daily_limit, t.monthly_limit, t.monthly_budget, t.alert_thresholds,"
+        " t.callback_url,"
         " d.segments AS day_segments, m.segments AS month_segments, m.cost AS month_cost"
         " FROM teams t"
         " LEFT JOIN usage d ON d.team_id = t.id AND d.period = ?"
@@ -132,7 +145,46 @@ async def _check(
     )
     segments = sum(m.segments for m in batch.messages)
     cost = sum(m.cost for m in batch.messages)
-    return quota.check(limits, used, segments, cost) or limits
+    refusal = quota.check(limits, used, segments, cost)
+    if refusal is not None:
+        return refusal
+    return Room(limits, used, tuple(orjson.loads(team["alert_thresholds"])), team["callback_url"])
+
+
+async def _alert_refusal(tx: Tx, batch: Batch, refusal: quota.Refusal) -> None:
+    """A send refused for a limit: `usage.limit_reached`, once per team, period and limit."""
+    alert = alerts.Alert(
+        batch.team_id,
+        batch.day if refusal.period == "day" else batch.month,
+        alerts.KIND_OF_QUOTA[refusal.quota],
+        alerts.LIMIT_REACHED,
+        100,
+        refusal.limit,
+        refusal.used,
+    )
+    await alerts.fire(tx, alert, await alerts.team_url(tx, batch.team_id), batch.alert_url)
+
+
+async def _alert_crossings(tx: Tx, batch: Batch, room: Room, segments: int, cost: int) -> None:
+    """The thresholds this reservation carried the team's use across, each once a period."""
+    used, limits = room.used, room.limits
+    for kind, period, limit, before, added in (
+        ("daily", batch.day, limits.daily_limit, used.day_segments, segments),
+        ("monthly", batch.month, limits.monthly_limit, used.month_segments, segments),
+        ("budget", batch.month, limits.monthly_budget, used.month_cost, cost),
+    ):
+        for threshold in alerts.crossed(room.thresholds, limit, before, before + added):
+            assert limit is not None
+            alert = alerts.Alert(
+                batch.team_id,
+                period,
+                kind,
+                alerts.THRESHOLD_REACHED,
+                threshold,
+                limit,
+                before + added,
+            )
+            await alerts.fire(tx, alert, room.callback_url, batch.alert_url)
 
 
 def _first_event(batch: Batch) -> str:
@@ -166,7 +218,10 @@ async def _reserve(
     """SQLite: read, check and write in one write transaction (BEGIN IMMEDIATE excludes every
     other writer, so nothing moves between the check and the write)."""
     checked = await _check(tx, batch, claim)
-    if not isinstance(checked, quota.Limits):
+    if isinstance(checked, quota.Refusal):
+        await _alert_refusal(tx, batch, checked)
+        return checked
+    if not isinstance(checked, Room):
         return checked
     if claim is not None:
         answer = claim.answer
@@ -222,6 +277,12 @@ async def _reserve(
         sum(m.cost for m in batch.messages),
     )
     await bump(tx, batch.team_id, {batch.month: reserved, batch.day: reserved})
+    if checked.thresholds and (
+        checked.limits.daily_limit is not None
+        or checked.limits.monthly_limit is not None
+        or checked.limits.monthly_budget is not None
+    ):
+        await _alert_crossings(tx, batch, checked, reserved.segments, reserved.cost)
     return None
 
 
@@ -262,6 +323,7 @@ def _reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> d
         "expires_at": batch.expires_at,
         "validity": batch.validity,
         "trace": batch.trace,
+        "operator_url": batch.alert_url,
         "key_status": answer.status if answer else None,
         "key_type": answer.content_type if answer else None,
         "key_body": answer.body.decode() if answer else None,
@@ -283,7 +345,7 @@ async def _reserve_on_postgres(
             if refused.code == "GW403":
                 raise TeamInactive(batch.team_id) from None
             checked = await store.write(_check, batch, None)  # which limit, and how far
-            if not isinstance(checked, quota.Limits):
+            if not isinstance(checked, Room):
                 return checked
             continue  # room was freed meanwhile (a refund): try again
         if result == "key_taken":

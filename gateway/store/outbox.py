@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from ..platform.clock import iso, parse_iso
+from . import audit
+from .audit import GATEWAY, Actor
 from .db import Row, Sql, Store, Tx
 from .shared import append_event, now_plus, with_clock
 
@@ -23,14 +25,14 @@ class NewWebhook:
     """A delivery to queue: a signed webhook, or a drop-in client's provider-format DLR."""
 
     id: str
-    message_id: str
+    message_id: str | None  # None: an alert's (store/alerts.py)
     team_id: str
     type: str
     url: str
     payload: str
     delay: float  # seconds from now (the database's clock) to its first attempt
     created_at: str
-    kind: str = "webhook"  # webhook | dlr
+    kind: str = "webhook"  # webhook | dlr | operator (signed with the operator's secret)
     trace: str | None = None  # the traceparent its attempts continue (tracing on)
 
 
@@ -296,14 +298,32 @@ _RETRY = with_clock(
 )
 
 
-async def retry_webhook(store: Store, webhook_id: str) -> dict[str, Any] | None:
+async def retry_webhook(
+    store: Store, webhook_id: str, *, actor: Actor = GATEWAY
+) -> dict[str, Any] | None:
     """Put a webhook back in the queue, due now (the database's clock), with a fresh retry
-    schedule."""
-    changed = await store.run(_RETRY, (webhook_id,))
-    if not changed:
+    schedule, and audit it; None if there is no such webhook."""
+    return await store.write(_retry, webhook_id, actor)
+
+
+async def _retry(tx: Tx, webhook_id: str, actor: Actor) -> dict[str, Any] | None:
+    before = await tx.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
+    if before is None:
         return None
-    row = await store.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
-    return webhook_resource(row) if row else None
+    await tx.execute(_RETRY, (webhook_id,))
+    row = await tx.fetchone("SELECT * FROM webhooks WHERE id = ?", (webhook_id,))
+    assert row is not None
+    fields = ("status", "attempts", "next_attempt_at")
+    await audit.append(
+        tx,
+        actor,
+        "webhook.retried",
+        webhook_id,
+        team_id=row["team_id"],
+        before={k: before[k] for k in fields},
+        after={k: row[k] for k in fields},
+    )
+    return webhook_resource(row)
 
 
 async def list_reports(

@@ -18,6 +18,13 @@ _STATEMENTS: tuple[tuple[str, Statement], ...] = (
         " AND status != 'pending' ORDER BY message_id LIMIT ?)",
     ),
     (
+        # usage alerts' webhooks belong to no message: by their own (time-ordered) id, along
+        # webhooks_message's NULL entries
+        "alert_webhooks",
+        "DELETE FROM webhooks WHERE id IN (SELECT id FROM webhooks WHERE message_id IS NULL"
+        " AND id < ? AND status != 'pending' LIMIT ?)",
+    ),
+    (
         "messages",
         # OFFSET 0 keeps PostgreSQL from making the NOT EXISTS a hash anti-join over every
         # webhook: it stays a probe of webhooks_message per old message (SQLite's plan anyway)
@@ -45,11 +52,15 @@ async def delete_older_than(
     store: Store, message_id_bound: str, received_before: str, chunk: int = CHUNK
 ) -> dict[str, int]:
     """Delete messages (with their events) created before the ULID bound, their finished
-    webhook deliveries, and delivery reports received before `received_before`; how many of
-    each."""
+    webhook deliveries (and usage alerts' from before it), and delivery reports received before
+    `received_before`; how many of each. The audit log and the usage alerts themselves are
+    never deleted."""
     deleted: dict[str, int] = {}
     for table, sql in _STATEMENTS:
-        bound = received_before if table == "dlr_reports" else message_id_bound
+        bound = {
+            "dlr_reports": received_before,
+            "alert_webhooks": "whk_" + message_id_bound.removeprefix("msg_"),
+        }.get(table, message_id_bound)
         total = 0
         while True:
             count = await store.run(sql, (bound, chunk))

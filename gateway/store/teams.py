@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ..platform.clock import iso
-from .db import Row, Store
+from . import audit
+from .audit import GATEWAY, Actor
+from .db import Row, Store, Tx
 from .errors import Duplicate, NotFound
 
 TEAM_FIELDS = (
@@ -20,7 +23,9 @@ TEAM_FIELDS = (
     "monthly_budget",
     "rate_limit_per_second",
     "callback_url",
+    "alert_thresholds",
 )
+DEFAULT_THRESHOLDS = (80, 100)
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Team:
     callback_url: str | None
     webhook_secret: str
     created_at: str
+    alert_thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
 
     def public(self, *, with_secret: bool = False) -> dict[str, Any]:
         """The team object of the API."""
@@ -49,6 +55,7 @@ class Team:
             "monthly_budget": self.monthly_budget,
             "rate_limit_per_second": self.rate_limit_per_second,
             "callback_url": self.callback_url,
+            "alert_thresholds": list(self.alert_thresholds),
             "created_at": self.created_at,
         }
         if with_secret:
@@ -73,16 +80,32 @@ def _team(row: Row) -> Team:
         callback_url=row["callback_url"],
         webhook_secret=row["webhook_secret"],
         created_at=row["created_at"],
+        alert_thresholds=tuple(json.loads(row["alert_thresholds"])),
     )
 
 
-async def create_team(store: Store, team_id: str, fields: dict[str, Any], now: datetime) -> Team:
-    """Insert a team; Duplicate if the id is taken."""
+def _thresholds(value: Any) -> str:
+    return json.dumps(sorted(set(int(v) for v in value)), separators=(",", ":"))
+
+
+async def create_team(
+    store: Store, team_id: str, fields: dict[str, Any], now: datetime, *, actor: Actor = GATEWAY
+) -> Team:
+    """Insert a team (and its audit entry); Duplicate if the id is taken."""
     values = {"name": team_id, "active": True, **fields}
-    if not await store.run(
+    team = await store.write(_create, team_id, values, iso(now), actor)
+    if team is None:
+        raise Duplicate("team", team_id)
+    return team
+
+
+async def _create(
+    tx: Tx, team_id: str, values: dict[str, Any], at: str, actor: Actor
+) -> Team | None:
+    if not await tx.execute(
         "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
-        " rate_limit_per_second, callback_url, webhook_secret, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        " rate_limit_per_second, callback_url, webhook_secret, created_at, alert_thresholds)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         (
             team_id,
             values["name"],
@@ -93,11 +116,21 @@ async def create_team(store: Store, team_id: str, fields: dict[str, Any], now: d
             _rate(values.get("rate_limit_per_second")),
             values.get("callback_url"),
             new_webhook_secret(),
-            iso(now),
+            at,
+            _thresholds(values.get("alert_thresholds", DEFAULT_THRESHOLDS)),
         ),
     ):
-        raise Duplicate("team", team_id)
-    return await get_team(store, team_id)
+        return None
+    team = await _read(tx, team_id)
+    await audit.append(tx, actor, "team.created", team_id, team_id=team_id, after=team.public())
+    return team
+
+
+async def _read(tx: Tx, team_id: str) -> Team:
+    row = await tx.fetchone("SELECT * FROM teams WHERE id = ?", (team_id,))
+    if row is None:
+        raise NotFound("team", team_id)
+    return _team(row)
 
 
 def _rate(value: Any) -> float | None:
@@ -130,31 +163,53 @@ async def list_teams(store: Store) -> list[Team]:
     return [_team(r) for r in await store.fetchall("SELECT * FROM teams ORDER BY id")]
 
 
-async def update_team(store: Store, team_id: str, fields: dict[str, Any]) -> Team:
-    """Change the given fields of a team; NotFound if there is none."""
+async def update_team(
+    store: Store, team_id: str, fields: dict[str, Any], *, actor: Actor = GATEWAY
+) -> Team:
+    """Change the given fields of a team, with an audit entry of what changed (none if nothing
+    did); NotFound if there is no such team."""
     changes = {k: v for k, v in fields.items() if k in TEAM_FIELDS}
     if "active" in changes:
         changes["active"] = int(bool(changes["active"]))
     if "rate_limit_per_second" in changes:
         changes["rate_limit_per_second"] = _rate(changes["rate_limit_per_second"])
-    if changes:
-        assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
-        updated = await store.run(
-            f"UPDATE teams SET {assignments} WHERE id = ?",  # noqa: S608
-            (*changes.values(), team_id),
-        )
-        if not updated:
-            raise NotFound("team", team_id)
-    return await get_team(store, team_id)
+    if "alert_thresholds" in changes:
+        changes["alert_thresholds"] = _thresholds(changes["alert_thresholds"])
+    return await store.write(_update, team_id, changes, actor)
 
 
-async def rotate_webhook_secret(store: Store, team_id: str) -> Team:
-    """Give the team a new webhook secret and return it (with the secret)."""
-    if not await store.run(
+async def _update(tx: Tx, team_id: str, changes: dict[str, Any], actor: Actor) -> Team:
+    before = await _read(tx, team_id)
+    if not changes:
+        return before
+    assignments = ", ".join(f"{name} = ?" for name in changes)  # names from TEAM_FIELDS
+    await tx.execute(
+        f"UPDATE teams SET {assignments} WHERE id = ?",  # noqa: S608
+        (*changes.values(), team_id),
+    )
+    after = await _read(tx, team_id)
+    was, now = audit.changes(before.public(), after.public())
+    if now:
+        action = "team.updated"
+        if "active" in now:
+            action = "team.enabled" if now["active"] else "team.disabled"
+        await audit.append(tx, actor, action, team_id, team_id=team_id, before=was, after=now)
+    return after
+
+
+async def rotate_webhook_secret(store: Store, team_id: str, *, actor: Actor = GATEWAY) -> Team:
+    """Give the team a new webhook secret and return it (with the secret); the audit entry
+    records the rotation, never the secret."""
+    return await store.write(_rotate, team_id, actor)
+
+
+async def _rotate(tx: Tx, team_id: str, actor: Actor) -> Team:
+    if not await tx.execute(
         "UPDATE teams SET webhook_secret = ? WHERE id = ?", (new_webhook_secret(), team_id)
     ):
         raise NotFound("team", team_id)
-    return await get_team(store, team_id)
+    await audit.append(tx, actor, "team.webhook_secret_rotated", team_id, team_id=team_id)
+    return await _read(tx, team_id)
 
 
 class TeamCache:

@@ -14,7 +14,10 @@ from ..store.teams import Team
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")
 MIN_RATE, MAX_RATE = 0.001, 1e6  # requests a second; below one in 1,000 s is a typo, not a rate
-EDITABLE = frozenset({"name", "active", "rate_limit_per_second", "callback_url", *LIMIT_FIELDS})
+EDITABLE = frozenset(
+    {"name", "active", "rate_limit_per_second", "callback_url", "alert_thresholds", *LIMIT_FIELDS}
+)
+MAX_THRESHOLDS = 10
 
 
 def _bad(field: str, reason: str) -> ValidationFailed:
@@ -85,32 +88,87 @@ def check_team_fields(body: Any, *, creating: bool, guard: CallbackPolicy) -> di
         if value is not None and (not isinstance(value, str) or len(value) > 2048):
             raise _bad("callback_url", "must be an http(s) URL or null")
         out["callback_url"] = check_callback_url(value, guard)
+    if "alert_thresholds" in body:
+        out["alert_thresholds"] = check_thresholds(body["alert_thresholds"])
     return out
+
+
+def check_thresholds(value: Any) -> list[int]:
+    """Alert thresholds: a list of distinct whole percents from 1 to 100 (empty: no alerts
+    but the refusal's), sorted."""
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_THRESHOLDS
+        or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise _bad(
+            "alert_thresholds",
+            f"must be a list of at most {MAX_THRESHOLDS} distinct whole percents from 1 to 100",
+        )
+    return sorted(value)
 
 
 def teams_table(teams: Sequence[Team]) -> str:
     """The teams as an aligned text table (the CLI's `team list`)."""
-    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "CALLBACK")
-    rows = [header] + [
-        (
-            t.id,
-            t.name,
-            "yes" if t.active else "no",
-            _cell(t.daily_limit),
-            _cell(t.monthly_limit),
-            _cell(t.monthly_budget),
-            t.callback_url or "-",
-        )
-        for t in teams
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "ALERTS %", "CALLBACK")
+    lines = _table(
+        header,
+        [
+            (
+                t.id,
+                t.name,
+                "yes" if t.active else "no",
+                _cell(t.daily_limit),
+                _cell(t.monthly_limit),
+                _cell(t.monthly_budget),
+                ",".join(map(str, t.alert_thresholds)) or "-",
+                t.callback_url or "-",
+            )
+            for t in teams
+        ],
+    )
     if not teams:
         lines.append("(no teams yet: sms-gateway team create ID)")
     return "\n".join(lines)
+
+
+def audit_table(entries: Sequence[dict[str, Any]]) -> str:
+    """Audit entries as an aligned text table (the CLI's `audit`)."""
+    header = ("ID", "AT", "ACTOR", "SOURCE", "ACTION", "TARGET", "CHANGE")
+    lines = _table(
+        header,
+        [
+            (
+                str(e["id"]),
+                e["at"],
+                e["actor"],
+                e["source"],
+                e["action"],
+                e["target"],
+                _change(e["before"], e["after"]),
+            )
+            for e in entries
+        ],
+    )
+    if not entries:
+        lines.append("(no entries)")
+    return "\n".join(lines)
+
+
+def _change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    if before is None or after is None:
+        return "-" if after is None else "created"
+    return "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in after)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    every = [header, *rows]
+    widths = [max(len(r[i]) for r in every) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in every
+    ]
 
 
 def _cell(value: int | None) -> str:
