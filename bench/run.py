@@ -325,11 +325,12 @@ async def pg_preload(database: str, count: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def pg_database(server: str) -> AsyncIterator[str]:
-    """A throwaway database on the PostgreSQL server, dropped afterwards; its URL."""
+async def pg_database(server: str, suffix: str = "") -> AsyncIterator[str]:
+    """A throwaway database on the PostgreSQL server, dropped afterwards; its URL (`suffix`
+    tells apart several at once)."""
     from urllib.parse import urlsplit, urlunsplit
 
-    name = f"sms_bench_{os.getpid()}"
+    name = f"sms_bench_{os.getpid()}{'_' + suffix if suffix else ''}"
     admin = await asyncpg.connect(server)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -636,12 +637,15 @@ async def _measure(
 
 
 def sizes_main(
-    prog: str, description: str | None, run: Callable[[list[int], str], Coroutine[Any, Any, int]]
+    prog: str,
+    description: str | None,
+    run: Callable[[list[int], str], Coroutine[Any, Any, int]],
+    default_sizes: str = "10000,50000",
 ) -> None:
     """The command line of the runs measured at a few sizes, on SQLite then PostgreSQL
     (bench.fanout, bench.campaign): `run(sizes, server)` gives the exit code."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--sizes", default="10000,50000", help="sizes, comma-separated")
+    parser.add_argument("--sizes", default=default_sizes, help="sizes, comma-separated")
     parser.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/postgres",

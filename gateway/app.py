@@ -20,6 +20,7 @@ from yarl import URL
 from .dashboard import setup_dashboard
 from .delivery.callbacks import GuardedResolver
 from .delivery.dlrtoken import DlrTokens
+from .delivery.reports import Report, receive_report
 from .delivery.webhooks import WebhookWorker
 from .errors import problem_for
 from .keys import (
@@ -55,7 +56,7 @@ from .platform.secretbox import open_box
 from .platform.settings import Settings
 from .provider.client import ProviderClient
 from .provider.proxies import Proxies
-from .provider.sandbox import Simulator
+from .provider.sandbox import Deliver, Simulator, test_simulator
 from .provider.transport import Upstream
 from .routes import setup_routes
 from .sending.answers import swept_answer
@@ -197,6 +198,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.provider_timeout,
         metrics=app[METRICS],
     )
+    tokens = DlrTokens(await store.secret("dlr_token_key"))
+    tester = test_simulator(settings.sandbox_dlr_delay, _test_reports(app, tokens))
+    await tester.start()
+    test_upstream = Upstream(tester.url, limit=PROVIDER_CONNECTIONS, proxy=None)
+    test_provider = ProviderClient(
+        test_upstream,
+        api_key=tester.api_key,
+        username=tester.username,
+        password=tester.password,
+        timeout=settings.provider_timeout,
+    )
     guard = callback_guard(settings)
     webhook_http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
@@ -223,7 +235,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         settings=settings,
         store=store,
         provider=provider,
-        tokens=DlrTokens(await store.secret("dlr_token_key")),
+        tokens=tokens,
         clock=app[CLOCK],
         tz=app[TIMEZONE],
         owner=lease.id,
@@ -231,6 +243,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         box=box,
         webhooks_queued=worker.wake,
         metrics=app[METRICS],
+        test_provider=test_provider,
     )
     dispatcher = Dispatcher(send_context)
     app[SEND] = replace(send_context, queue_accepted=dispatcher.wake)
@@ -250,11 +263,29 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await webhook_http.close()
         if simulator is not None:
             await simulator.stop()
+        await tester.stop()
+        await test_upstream.close()
         await http.close()
         await upstream.close()
         await store.close()
         if settings.tracing:
             tracing.stop()
+
+
+def _test_reports(app: web.Application, tokens: DlrTokens) -> Deliver:
+    """How a test send's simulated delivery reports are taken: straight into the store, as
+    GET /dlr/{token} would take them (the process need not reach its own public URL)."""
+
+    async def deliver(dlrurl: str, recipient: str, message_id: str, state: str) -> None:
+        batch_id = tokens.verify(dlrurl.rpartition("/dlr/")[2])
+        if batch_id is None:
+            return
+        report = Report(batch_id, message_id, recipient, state)
+        delay = app[SETTINGS].webhook_retry_schedule[0]
+        if await receive_report(app[STORE], report, iso(app[CLOCK]()), delay) == "applied":
+            app[WORKER].wake()
+
+    return deliver
 
 
 async def _housekeeping(app: web.Application) -> None:

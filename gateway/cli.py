@@ -12,6 +12,10 @@ from .commands import (
     cmd_audit_verify,
     cmd_backup,
     cmd_serve,
+    cmd_suppression_add,
+    cmd_suppression_import,
+    cmd_suppression_list,
+    cmd_suppression_remove,
     cmd_team_create,
     cmd_team_disable,
     cmd_team_list,
@@ -21,6 +25,7 @@ from .commands import (
     cmd_usage,
     parse_limit,
     parse_rate,
+    parse_senders,
     parse_thresholds,
     parse_ttl,
 )
@@ -75,6 +80,14 @@ def _add_team_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         metavar="PERCENTS",
         help="usage alert thresholds, e.g. 50,80,100 ('none' for no threshold alerts)",
+    )
+    parser.add_argument(
+        "--senders",
+        type=parse_senders,
+        default=argparse.SUPPRESS,
+        metavar="IDS",
+        help="granted sender IDs, comma-separated, the first the default ('none': the "
+        "gateway's own only)",
     )
 
 
@@ -194,6 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="walk the hash chain; exit 1 naming the first entry altered or removed",
     )
     verify.set_defaults(func=cmd_audit_verify)
+
+    suppression = commands.add_parser(
+        "suppression", help="the suppression list: numbers never to be texted"
+    )
+    suppression_commands = suppression.add_subparsers(
+        dest="suppression_command", required=True, metavar="ACTION"
+    )
+    team_help = "the team whose own list it is (default: the global list, every team)"
+    add = suppression_commands.add_parser("add", parents=[common], help="suppress a number")
+    add.add_argument("number")
+    add.add_argument("--team", help=team_help)
+    add.add_argument("--reason")
+    add.set_defaults(func=cmd_suppression_add)
+    remove = suppression_commands.add_parser("remove", parents=[common], help="text a number again")
+    remove.add_argument("number")
+    remove.add_argument("--team", help=team_help)
+    remove.set_defaults(func=cmd_suppression_remove)
+    listed = suppression_commands.add_parser(
+        "list", parents=[common], help="list suppressed numbers (every list, or one)"
+    )
+    listed.add_argument("--team", help="only this team's list ('*': only the global list)")
+    listed.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N entries (default 100)"
+    )
+    listed.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listed.set_defaults(func=cmd_suppression_list)
+    imported = suppression_commands.add_parser(
+        "import",
+        parents=[common],
+        help="suppress every number of a CSV file (one a line; all or nothing)",
+    )
+    imported.add_argument("file", help="the CSV file ('-' for standard input)")
+    imported.add_argument("--team", help=team_help)
+    imported.add_argument("--reason")
+    imported.set_defaults(func=cmd_suppression_import)
     return parser
 
 

@@ -21,13 +21,22 @@ from .platform.ids import ulid
 from .platform.settings import ConfigError, Settings
 from .provider.sandbox import signing_key as sandbox_signing_key
 from .provider.sandbox import stored_signing_key
+from .sending.suppression import check_number, check_reason, parse_import
 from .sending.validation import callback_guard
 from .store import Store, describe, is_postgres, make_store
 from .store import audit as store_audit
+from .store import suppressions as store_suppressions
 from .store import teams as store_teams
 from .store.backup import BackupError, backup
 from .store.errors import StoreError
-from .teams.fields import audit_table, check_team_fields, check_thresholds, teams_table
+from .teams.fields import (
+    audit_table,
+    check_senders,
+    check_team_fields,
+    check_thresholds,
+    suppressions_table,
+    teams_table,
+)
 from .teams.tokens import check_scopes, issue_token
 from .teams.usage import billing_report, check_month, report_csv, report_table
 
@@ -79,6 +88,19 @@ def parse_thresholds(text: str) -> list[int]:
     except (ValueError, GatewayError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a list of distinct whole percents from 1 to 100, like 80,100"
+        ) from None
+
+
+def parse_senders(text: str) -> list[str]:
+    """'PAYCO,PAYCO OTP' -> ['PAYCO', 'PAYCO OTP']; 'none' -> [] (the gateway's own only)."""
+    if text.strip().lower() in ("none", "null", ""):
+        return []
+    try:
+        return check_senders([part.strip() for part in text.split(",") if part.strip()])
+    except GatewayError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of distinct sender IDs (1-11 letters, digits, spaces or "
+            ".-&_, or up to 15 digits), like PAYCO,PAYCO OTP"
         ) from None
 
 
@@ -156,6 +178,7 @@ def _team_fields(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         "callback_url",
         "rate_limit_per_second",
         "alert_thresholds",
+        "senders",
     ):
         value = getattr(args, name, argparse.SUPPRESS)
         if value is not argparse.SUPPRESS:
@@ -353,3 +376,89 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     raise SystemExit(1)
+
+
+def _list_team(settings: Settings, team: str | None) -> str | None:
+    """--team: a team's own list (which must exist); none: the global list."""
+    if team is None:
+        return None
+
+    async def exists(store: Store) -> bool:
+        return await store_teams.find_team(store, team) is not None
+
+    if not _run(settings, exists):
+        fail(f"no team {team!r}")
+    return team
+
+
+def cmd_suppression_add(args: argparse.Namespace) -> None:
+    """Suppress a number for a team (--team) or for every team; print the entry."""
+    settings = load_settings(args, serving=False)
+    try:
+        number = check_number(args.number, settings)
+        reason = check_reason(args.reason)
+    except GatewayError as exc:
+        fail(exc.detail)
+    team = _list_team(settings, args.team)
+    actor = cli_actor()
+    entry, _ = _run(settings, lambda s: store_suppressions.add(s, team, number, reason, actor))
+    _print_json(entry.public())
+
+
+def cmd_suppression_remove(args: argparse.Namespace) -> None:
+    """Lift a suppression; an error if the number was not on that list."""
+    settings = load_settings(args, serving=False)
+    try:
+        number = check_number(args.number, settings)
+    except GatewayError as exc:
+        fail(exc.detail)
+    team = _list_team(settings, args.team)
+    actor = cli_actor()
+    if not _run(settings, lambda s: store_suppressions.remove(s, team, number, actor)):
+        where = "the global list" if team is None else f"team {team}'s list"
+        fail(f"{number} is not on {where}")
+    print(f"{number} may be texted again")
+
+
+def cmd_suppression_list(args: argparse.Namespace) -> None:
+    """Print suppressed numbers: every list (the global one first), or --team's."""
+    settings = load_settings(args, serving=False)
+    if not 1 <= args.limit <= 1_000_000:
+        fail("--limit must be from 1 to 1000000")
+    if args.team is None:
+        entries = _run(settings, lambda s: store_suppressions.page_all(s, None, args.limit))
+    else:
+        team = None if args.team == store_suppressions.GLOBAL else _list_team(settings, args.team)
+        entries = _run(settings, lambda s: store_suppressions.page(s, team, None, args.limit))
+    if args.json:
+        _print_json([e.public() for e in entries])
+    else:
+        print(suppressions_table(entries))
+
+
+def cmd_suppression_import(args: argparse.Namespace) -> None:
+    """Suppress every number of a CSV (one a line, in the first column), all or nothing."""
+    settings = load_settings(args, serving=False)
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8-sig") as handle:
+                text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {args.file}: {exc}")
+    try:
+        parsed = parse_import(text, settings)
+        reason = check_reason(args.reason)
+    except GatewayError as exc:
+        lines = [e for e in exc.extra.get("errors", []) if "line" in e]
+        for e in lines:
+            print(f"line {e['line']}: {e['value']!r}: {e['reason']}", file=sys.stderr)
+        fail(exc.detail)
+    team = _list_team(settings, args.team)
+    actor = cli_actor()
+    added, already = _run(
+        settings,
+        lambda s: store_suppressions.import_numbers(s, team, parsed.numbers, reason, actor),
+    )
+    print(f"{added} added, {already} already suppressed ({parsed.lines} lines)")

@@ -52,6 +52,10 @@ class UnsupportedMediaType(GatewayError):
     status, code, title = 415, "unsupported_media_type", "Send the body as JSON"
 
 
+class PayloadTooLarge(GatewayError):
+    status, code, title = 413, "payload_too_large", "The body is too large"
+
+
 class ValidationFailed(GatewayError):
     status, code, title = 422, "validation_error", "The request is not valid"
 

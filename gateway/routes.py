@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, audit, compat, dlr, messages, ops, usage, webhooks
+from .handlers import admin, audit, compat, dlr, messages, ops, suppressions, usage, webhooks
 
 
 def setup_routes(app: web.Application) -> None:
@@ -26,6 +26,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/admin/webhooks/{id}/retry", webhooks.retry_hook)
     app.router.add_get("/admin/dlr-reports", webhooks.list_dlr_reports, allow_head=False)
     app.router.add_get("/admin/audit", audit.list_audit, allow_head=False)
+    app.router.add_get("/suppressions", suppressions.list_own, allow_head=False)
+    app.router.add_put("/suppressions/{number}", suppressions.put_own)
+    app.router.add_delete("/suppressions/{number}", suppressions.delete_own)
+    app.router.add_get("/admin/suppressions", suppressions.list_admin, allow_head=False)
+    app.router.add_post("/admin/suppressions/import", suppressions.import_admin)
+    app.router.add_put("/admin/suppressions/{number}", suppressions.put_admin)
+    app.router.add_delete("/admin/suppressions/{number}", suppressions.delete_admin)
     app.router.add_get("/dlr/{token}", dlr.receive, allow_head=False)
     app.router.add_post("/dlr/{token}", dlr.receive)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,9 @@ from gateway.platform.logs import AccessLogger
 from gateway.platform.settings import Settings
 from gateway.store import is_postgres
 from gateway.store import messages as store_messages
+from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres import postgres_sql
+from gateway.store.sqlite import statements
 
 SECRET_KEY = "test-sealing-key-" + "5" * 32  # GATEWAY_SECRET_KEY of the tests
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -191,7 +194,7 @@ def mint(
         "sub": sub,
         "scope": scope,
         "iat": now,
-        "exp": now + 600,
+        "exp": now + 3600,
         "aud": "sms-gateway",
     }
     body.update(claims)
@@ -568,9 +571,10 @@ async def create_team(
 
 @pytest.fixture
 async def client(make_client: ClientFactory) -> TestClient[web.Request, web.Application]:
-    """A gateway with teams `payments` and `alerts` registered."""
+    """A gateway with teams `payments` (senders ACME and Payments) and `alerts` registered."""
     c = await make_client()
-    await create_team(c, "payments", name="Payments")
+    # (granted the sender IDs the tests name; with none named a send goes under the first)
+    await create_team(c, "payments", name="Payments", senders=["ACME", "Payments"])
     await create_team(c, "alerts", name="Alerts")
     return c
 
@@ -612,3 +616,41 @@ def ledger_mismatches(database: str) -> list[str]:
         for key in sorted(set(counters) | set(sums))
         if counters.get(key) != sums.get(key)
     ]
+
+
+async def at_schema(database: str, version: int) -> None:
+    """A database as an earlier version left it: migrations 1 to `version` only."""
+    scripts = resources.files("gateway.store")
+    if database.startswith("postgresql"):
+        conn = await asyncpg.connect(database)
+        try:
+            async with conn.transaction():
+                for migration in MIGRATIONS[:version]:
+                    await conn.execute(scripts.joinpath(migration.postgresql).read_text())
+                await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(database) as lite:
+        for migration in MIGRATIONS[:version]:
+            for statement in statements(scripts.joinpath(migration.sqlite).read_text()):
+                lite.execute(statement)
+        lite.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def query_write(database: str, sql: str) -> None:
+    """One write on either database, outside the gateway."""
+    if database.startswith("postgresql"):
+
+        async def run() -> None:
+            conn = await asyncpg.connect(database)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        _in_thread(run)
+        return
+    with sqlite3.connect(database) as conn:
+        conn.execute(sql)

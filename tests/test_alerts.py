@@ -9,14 +9,11 @@ import asyncio
 import base64
 import json
 import os
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
-from importlib import resources
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -25,19 +22,18 @@ from standardwebhooks.webhooks import Webhook
 from gateway.platform.settings import ConfigError, Settings
 from gateway.store import make_store
 from gateway.store import teams as store_teams
-from gateway.store.migrations import MIGRATIONS
-from gateway.store.sqlite import statements
 
 from .conftest import (
     ClientFactory,
     FakeProvider,
     Receiver,
-    _in_thread,
+    at_schema,
     auth,
     create_team,
     mint,
     problem,
     query,
+    query_write,
     running_receiver,
 )
 from .test_replicas import two_replicas
@@ -235,31 +231,10 @@ async def test_a_thousand_concurrent_sends_on_two_replicas_fire_each_alert_once(
     assert len(receiver.received) == 3 and len(operator.received) == 3
 
 
-async def _at_schema_14(database: str) -> None:
-    """A database as the previous version left it: migrations 1 to 14 only."""
-    scripts = resources.files("gateway.store")
-    if database.startswith("postgresql"):
-        conn = await asyncpg.connect(database)
-        try:
-            async with conn.transaction():
-                for migration in MIGRATIONS[:14]:
-                    await conn.execute(scripts.joinpath(migration.postgresql).read_text())
-                await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-                await conn.execute("INSERT INTO schema_version VALUES (14)")
-        finally:
-            await conn.close()
-        return
-    with sqlite3.connect(database) as lite:
-        for migration in MIGRATIONS[:14]:
-            for statement in statements(scripts.joinpath(migration.sqlite).read_text()):
-                lite.execute(statement)
-        lite.execute("PRAGMA user_version = 14")
-
-
 async def test_the_upgrade_keeps_every_webhook_and_arms_the_default_thresholds(
     database: str,
 ) -> None:
-    await _at_schema_14(database)
+    await at_schema(database, 14)
     inserts = [
         "INSERT INTO teams (id, name, webhook_secret, created_at, daily_limit)"
         " VALUES ('t', 'T', 'whsec_x', '2026-12-01T00:00:00.000Z', 10)",
@@ -291,20 +266,3 @@ async def test_the_upgrade_keeps_every_webhook_and_arms_the_default_thresholds(
         )
     finally:
         await store.close()
-
-
-def query_write(database: str, sql: str) -> None:
-    """One write on either database, outside the gateway."""
-    if database.startswith("postgresql"):
-
-        async def run() -> None:
-            conn = await asyncpg.connect(database)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        _in_thread(run)
-        return
-    with sqlite3.connect(database) as conn:
-        conn.execute(sql)

@@ -75,3 +75,22 @@ def test_fanout_and_campaign_smoke_runs() -> None:
             assert line in result.stdout, result.stdout
         if server != "off":
             assert "PostgreSQL, 300" in result.stdout, result.stdout
+
+
+def test_suppression_bench_smoke_run() -> None:
+    """bench.suppressions at small sizes (figures not checked), on PostgreSQL too on CI."""
+    server = (
+        "off" if os.environ.get("CI") != "true" else "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.suppressions", "--sizes", "10,2000", "--postgres", server],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode in (0, 3), result.stdout + result.stderr
+    assert "SQLite, 100-recipient send:" in result.stdout, result.stdout
+    if server != "off":
+        assert "PostgreSQL, 1-recipient send:" in result.stdout, result.stdout

@@ -383,3 +383,70 @@ async def test_a_change_from_the_dashboard_is_audited_and_shown(
     assert "usage.threshold_reached" in alerts and "5 of 10" in alerts and "50 %" in alerts
     await shown.goto("/dashboard/teams/payments")
     assert "usage.threshold_reached" in await shown.page.inner_text("#alerts")
+
+
+async def test_suppressions_senders_and_test_sends_from_the_dashboard(
+    browser: tuple[Browser, Client], provider: FakeProvider
+) -> None:
+    shown, client = browser
+    await create_team(client, "payments")
+    await shown.sign_in(mint("ops-dana", "admin"))
+    # grant senders on the team form: the API refuses any other from now on
+    await shown.goto("/dashboard/teams/payments")
+    await shown.page.fill("#senders", "PAYCO, PAYCO OTP")
+    await shown.page.click("text=Save")
+    team = await (await client.get("/admin/teams/payments", headers=ADMIN)).json()
+    assert team["senders"] == ["PAYCO", "PAYCO OTP"]
+    assert await shown.page.input_value("#senders") == "PAYCO, PAYCO OTP"
+    resp = await client.post(
+        "/messages",
+        json={"to": "0788000001", "text": "x", "sender": "OTHER"},
+        headers=auth(mint("payments")),
+    )
+    assert resp.status == 422
+    # suppress one number for every team, import two for the team, remove one
+    await shown.goto("/dashboard/suppressions")
+    await shown.page.fill("#s-number", "0788 000 001")
+    await shown.page.fill("#s-reason", "complaint")
+    await shown.page.click("#add button")
+    assert "250788000001 suppressed for every team" in await shown.page.inner_text(".notice")
+    await shown.page.fill("#i-numbers", "0788000002\nnot a number\n0788000003")
+    await shown.page.fill("#i-team", "payments")
+    await shown.page.click("#import button")
+    assert "line 2" in await shown.page.inner_text(".error")  # all or nothing: none imported
+    await shown.page.fill("#i-numbers", "0788000002\n0788000003")
+    await shown.page.click("#import button")
+    assert "2 added" in await shown.page.inner_text(".notice")
+    rows = await shown.page.locator("#entries tbody tr").all_inner_texts()
+    assert len(rows) == 3 and "every team" in rows[0] and "complaint" in rows[0]
+    await shown.page.locator("#entries tbody tr").nth(2).locator("button").click()
+    assert "may be texted again" in await shown.page.inner_text(".notice")
+    listed = await (await client.get("/admin/suppressions", headers=ADMIN)).json()
+    assert [(e["team"], e["number"]) for e in listed["data"]] == [
+        (None, "250788000001"),
+        ("payments", "250788000002"),
+    ]
+    page = await (await client.get("/admin/audit?actor=ops-dana", headers=ADMIN)).json()
+    assert {e["source"] for e in page["data"]} == {"dashboard"}
+    assert [e["action"] for e in page["data"]][:3] == [
+        "suppression.removed",
+        "suppression.imported",
+        "suppression.added",
+    ]
+    # a send: one suppressed, one sent; then a test token's send, shown apart on the overview
+    body = await send(client, "payments", ["0788000001", "0788000009"])
+    assert sorted(m["status"] for m in body["messages"]) == ["failed", "sent"]
+    resp = await client.post(
+        "/messages",
+        json={"to": ["0788000005", "0788000006"], "text": "ci"},
+        headers=auth(mint("payments", "messages:test")),
+    )
+    assert resp.status == 201
+    await shown.goto("/dashboard/")
+    today = shown.page.locator("#today")
+    assert await today.locator("[data-figure=test-sends]").inner_text() == "2"
+    assert await today.locator("[data-figure=messages]").inner_text() == "2"  # real ones only
+    await shown.goto("/dashboard/messages?test=true")
+    rows = await shown.page.locator("table.list tbody tr").all_inner_texts()
+    assert len(rows) == 2 and all("TEST" in r.upper() for r in rows)
+    assert len(provider.calls) == 1

@@ -158,6 +158,7 @@ async def test_usage_shape_and_unlimited(make_client: ClientFactory) -> None:
             "used": 2,
             "remaining": 998,
             "reserved": 0,
+            "test": 0,
         },
         "month": {
             "period": "2026-11",
@@ -169,6 +170,7 @@ async def test_usage_shape_and_unlimited(make_client: ClientFactory) -> None:
             "budget_remaining": 499850,
             "reserved": 0,
             "reserved_cost": 0,
+            "test": 0,
         },
     }
     alerts = await usage(client, auth(mint("alerts", "messages:read")))
@@ -178,6 +180,7 @@ async def test_usage_shape_and_unlimited(make_client: ClientFactory) -> None:
         "used": 0,
         "remaining": None,
         "reserved": 0,
+        "test": 0,
     }
     assert alerts["month"]["budget_remaining"] is None and alerts["month"]["cost"] == 0
     await problem(await client.get("/usage", headers=auth(mint("ghost"))), 403, "unknown_team")

@@ -6,13 +6,15 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.store.reads import ListFilter, list_query
 from gateway.store.sqlite import SqliteStore
 
-FILTERS = {
+FILTERS: dict[str, Any] = {
+    "test": True,
     "status": "delivered",
     "to": "250788123456",
     "reference": "order-42",
@@ -43,3 +45,18 @@ def test_list_queries_use_an_index_and_no_sort(database: str, names: tuple[str, 
         plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "USING INDEX" in plan or "USING PRIMARY KEY" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # no sort of the matching rows: keyset order
+
+
+def test_the_suppression_lookup_probes_the_primary_key(database: str) -> None:
+    """The send's lookup (store.suppressions.blocked): a search on (team, number), no scan."""
+    from gateway.store.suppressions import _BLOCKED
+
+    with sqlite3.connect(database) as conn:
+        plan = " | ".join(
+            row[3]
+            for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {_BLOCKED.sqlite}", ("payments", '["250788000001"]')
+            )
+        )
+    assert "SEARCH suppressions USING PRIMARY KEY (team_id=? AND number=?)" in plan, plan
+    assert "SCAN suppressions" not in plan, plan

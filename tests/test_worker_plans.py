@@ -78,13 +78,15 @@ STATEMENTS: list[tuple[str, Statement, tuple[Any, ...], str | None]] = [
 ]
 
 # The API's list, for one team at a million rows: the first page of each filter.
-for _name, _filter in {
+_LIST_FILTERS: dict[str, dict[str, Any]] = {
     "none": {},
     "status": {"status": "delivered"},
     "to": {"to": "250788000500"},
     "batch": {"batch_id": BATCH},
     "status+before": {"status": "delivered", "before_id": "msg_00000000000000900000"},
-}.items():
+    "test": {"test": True},
+}
+for _name, _filter in _LIST_FILTERS.items():
     _sql, _params = list_query("team0", ListFilter(limit=51, **_filter))
     STATEMENTS.append((f"list {_name}", _sql, tuple(_params), None))
 

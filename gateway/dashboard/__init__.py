@@ -15,6 +15,7 @@ from aiohttp_session import session_middleware
 from ..keys import SETTINGS, STORE, TIMEZONE
 from . import audit as audit_views
 from . import messages as message_views
+from . import suppressions as suppression_views
 from . import teams as team_views
 from . import views
 from .session import DatabaseStorage, Handler
@@ -68,6 +69,10 @@ def dashboard_app(parent: web.Application) -> web.Application:
     r.add_post("/webhooks/{id}/retry", message_views.retry_webhook, name="retry")
     r.add_get("/billing", views.billing, name="billing")
     r.add_get("/audit", audit_views.audit, name="audit")
+    r.add_get("/suppressions", suppression_views.suppressions, name="suppressions")
+    r.add_post("/suppressions", suppression_views.add)
+    r.add_post("/suppressions/remove", suppression_views.remove, name="suppressions_remove")
+    r.add_post("/suppressions/import", suppression_views.import_numbers, name="suppressions_import")
     r.add_get("/billing.csv", views.billing_csv, name="billing_csv")
     r.add_static("/static", HERE / "static", name="static")
     return app

@@ -24,7 +24,7 @@ async def messages(request: web.Request) -> web.Response:
     q = request.query
     filters = {
         k: q.get(k, "").strip()
-        for k in ("team", "to", "reference", "status", "batch_id", "after", "before")
+        for k in ("team", "to", "reference", "status", "batch_id", "after", "before", "test")
     }
     error = None
     list_filter = ListFilter(limit=PAGE + 1)
@@ -76,6 +76,8 @@ def _list_filter(request: web.Request, f: dict[str, str], cursor: str | None) ->
                 bounds[name] = "msg_" + lowest_ulid(at)
             except (ValueError, OverflowError, OSError):
                 raise ValueError(f"{name}: must be a date like 2026-11-26") from None
+    if f["test"] not in ("", "true", "false"):
+        raise ValueError("test: must be true or false")
     if cursor is not None and not (cursor.startswith("msg_") and len(cursor) == 30):
         raise ValueError("cursor: not one this page made")
     return ListFilter(
@@ -87,6 +89,7 @@ def _list_filter(request: web.Request, f: dict[str, str], cursor: str | None) ->
         max_id=bounds["before"],
         before_id=cursor,
         limit=PAGE + 1,
+        test=None if not f["test"] else f["test"] == "true",
     )
 
 

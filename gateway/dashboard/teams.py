@@ -29,6 +29,7 @@ TEAM_FORM_FIELDS = (
     "rate_limit_per_second",
     "callback_url",
     "alert_thresholds",
+    "senders",
 )
 
 
@@ -89,6 +90,8 @@ def _form_body(fields: dict[str, str], names: tuple[str, ...]) -> tuple[dict[str
             if not all(p.isdigit() for p in parts):
                 return body, f"{name}: must be whole percents from 1 to 100, like 80, 100"
             body[name] = [int(p) for p in parts]
+        elif name == "senders":  # a sender ID may hold a space: commas part them
+            body[name] = [p.strip() for p in raw.split(",") if p.strip()]
         else:
             body[name] = raw
     return body, None
@@ -160,11 +163,7 @@ async def _team_page(
             {"used": [daily.get(d, (0, 0))[0] for d in days]},
             title=f"Segments used each day of {month}",
         ),
-        "alerts": [
-            a
-            for a in await store_alerts.fired(store, month, next_month(month))
-            if a["team"] == team.id
-        ],
+        "alerts": await store_alerts.fired(store, month, next_month(month), team.id),
         "history": await entries(store, AuditFilter(team=team.id), 20),
         "secret": secret,
         "notice": notice,

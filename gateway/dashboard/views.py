@@ -146,6 +146,8 @@ async def overview(request: web.Request) -> web.Response:
             "month": _summary(await store_dashboard.status_counts(store, _since(month_start))),
             "cost_today": cost_today,
             "cost_month": billing_month["totals"]["cost"],
+            "test_today": await store_dashboard.test_sends(store, _since(day_start)),
+            "test_month": await store_dashboard.test_sends(store, _since(month_start)),
             "day": day,
             "month_name": month,
             "statuses": STATUSES,

@@ -6,7 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import Forbidden, InvalidBody, InvalidJSON, RateLimited, UnsupportedMediaType
+from ..errors import (
+    Forbidden,
+    InvalidBody,
+    InvalidJSON,
+    RateLimited,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
 from ..platform.jsonio import dumps, loads
 from ..platform.logs import request_id
@@ -74,6 +81,31 @@ async def team_for(
     """The calling team, active, holding `scope` if one is named (401/403 otherwise).
     `sending`: for a send, whose reservation checks the team again in the database."""
     caller = await principal(request, token)
+    return await _team_of(request, caller, scope, sending)
+
+
+async def team_and_caller(request: web.Request, scope: str) -> tuple[Team, Principal]:
+    """team_for, with the verified caller (for an audited change)."""
+    caller = await principal(request)
+    return await _team_of(request, caller, scope, False), caller
+
+
+async def sending_team(request: web.Request, token: str | None = None) -> tuple[Team, bool]:
+    """The team a send is for, and whether it is a test send: a token whose scope holds
+    `messages:test` sends through the simulator (never the provider), whatever else it holds;
+    otherwise the scope must hold `messages:send`."""
+    caller = await principal(request, token)
+    test = TEST_SCOPE in caller.scopes
+    team = await _team_of(request, caller, None if test else "messages:send", True)
+    return team, test
+
+
+TEST_SCOPE = "messages:test"
+
+
+async def _team_of(
+    request: web.Request, caller: Principal, scope: str | None, sending: bool
+) -> Team:
     team = await request.app[TEAMS].get(request.app[STORE], caller.subject, rechecked=sending)
     if team is None:
         raise Forbidden(
@@ -103,3 +135,20 @@ async def admin(request: web.Request) -> Principal:
 def actor_of(request: web.Request, caller: Principal, source: str = "api") -> Actor:
     """Who makes a change through this request, for its audit entry."""
     return Actor(caller.subject, source, request.remote, request_id.get())
+
+
+def bad_param(name: str, reason: str) -> ValidationFailed:
+    """The 422 for a query parameter."""
+    return ValidationFailed(
+        f"{name}: {reason}",
+        code="invalid_parameter",
+        extra={"errors": [{"field": name, "reason": reason}]},
+    )
+
+
+def query_limit(request: web.Request, default: int, most: int) -> int:
+    """`?limit=`: a whole number from 1 to `most` (ASCII digits only), else the 422."""
+    raw = request.query.get("limit", str(default))
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise bad_param("limit", f"must be an integer from 1 to {most}")
+    return int(raw)

@@ -13,12 +13,13 @@ from ..platform.jsonio import loads
 from ..sending.validation import (
     callback_guard,
     check_callback_url,
+    for_team,
     refuse_unstorable,
     unstorable_fields,
     validate,
 )
 from ..sending.workflow import send
-from .common import read_form, team_for
+from .common import read_form, sending_team
 
 
 def _error(
@@ -69,14 +70,15 @@ async def send_compat(request: web.Request) -> web.Response:
         api_key = fields.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
             return _error(401, "api_key must carry a team token (JWT)", "unauthenticated")
-        team = await team_for(request, "messages:send", token=api_key.strip(), sending=True)
+        team, test = await sending_team(request, api_key.strip())
         body: dict[str, Any] = {
             "to": _recipients(fields.get("recipients")),
             "text": fields.get("message"),
         }
         if fields.get("sender"):
             body["sender"] = fields["sender"]
-        send_request = validate(body, request.app[SETTINGS])
+        settings = request.app[SETTINGS]
+        send_request = for_team(validate(body, settings), team.senders, settings.provider_sender)
         client_dlr = None
         dlrurl = fields.get("dlrurl")
         if dlrurl:
@@ -84,7 +86,9 @@ async def send_compat(request: web.Request) -> web.Response:
                 raise ValidationFailed("dlrurl: must be a URL", code="invalid_callback_url")
             check_callback_url(dlrurl, callback_guard(request.app[SETTINGS]), "dlrurl")
             client_dlr = _client_dlr(request, dlrurl, fields)
-        answer = await send(request.app[SEND], team.id, send_request, client_dlr=client_dlr)
+        answer = await send(
+            request.app[SEND], team.id, send_request, client_dlr=client_dlr, test=test
+        )
     except Exception as exc:
         error = domain_error(exc)
         if error is None:

@@ -14,32 +14,44 @@ from ..platform.clock import parse_iso
 from ..platform.ids import lowest_ulid
 from ..sending import numbers
 from ..sending.cancel import cancel_batch, cancel_message
-from ..sending.validation import check_idempotency_key, request_hash, validate
+from ..sending.validation import check_idempotency_key, for_team, request_hash, validate
 from ..sending.workflow import send
 from ..store import reads as store_reads
 from ..store import rows
-from .common import json_response, read_json, team_for
+from .common import json_response, read_json, sending_team, team_for
 
 STATUSES = frozenset(rows.STATUSES)
 LIST_PARAMS = frozenset(
-    {"status", "to", "reference", "batch_id", "created_after", "created_before", "limit", "cursor"}
+    {
+        "status",
+        "to",
+        "reference",
+        "batch_id",
+        "created_after",
+        "created_before",
+        "limit",
+        "cursor",
+        "test",
+    }
 )
 
 
 async def create_message(request: web.Request) -> web.Response:
     """Send one text to 1-1000 recipients."""
-    team = await team_for(request, "messages:send", sending=True)
+    team, test = await sending_team(request)
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     body = await read_json(request)
     # send_at's bounds by this host's clock moved to the database's (its measured offset)
     now = request.app[CLOCK]() + timedelta(seconds=request.app[OFFSET].seconds)
-    send_request = validate(body, request.app[SETTINGS], now)
+    settings = request.app[SETTINGS]
+    send_request = for_team(validate(body, settings, now), team.senders, settings.provider_sender)
     answer = await send(
         request.app[SEND],
         team.id,
         send_request,
         idempotency_key=key,
         body_hash=request_hash(body) if key else "",
+        test=test,
     )
     return web.Response(
         body=answer.body,
@@ -132,7 +144,11 @@ def _parse_filter(request: web.Request) -> store_reads.ListFilter:
     if not 1 <= limit <= 200:
         raise _bad_param("limit", "must be an integer from 1 to 200")
     cursor = query.get("cursor")
+    test = query.get("test")
+    if test is not None and test not in ("true", "false"):
+        raise _bad_param("test", "must be true or false")
     return store_reads.ListFilter(
+        test=None if test is None else test == "true",
         status=status,
         to=to,
         reference=query.get("reference"),

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import NotFound, ValidationFailed
+from ..errors import NotFound
 from ..keys import STORE, WORKER
 from ..store.outbox import list_reports, list_webhooks, retry_webhook
-from .common import actor_of, admin, json_response
+from .common import actor_of, admin, bad_param, json_response, query_limit
 
 WEBHOOK_STATUSES = frozenset({"pending", "delivered", "failed"})
 
 
-def _bad(name: str, reason: str) -> ValidationFailed:
-    return ValidationFailed(
-        f"{name}: {reason}",
-        code="invalid_parameter",
-        extra={"errors": [{"field": name, "reason": reason}]},
-    )
+_bad = bad_param
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 200:
-        raise _bad("limit", "must be an integer from 1 to 200")
-    return int(raw)
+    return query_limit(request, 50, 200)
 
 
 async def list_hooks(request: web.Request) -> web.Response:

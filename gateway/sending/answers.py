@@ -114,7 +114,8 @@ def answer_builder(batch_id: str, results: Sequence[SendResult] | None) -> Answe
                 batch_id,
                 messages,
             )
-        if all(r.failure is not None for r in results):
+        # (no call at all: every recipient was suppressed, each message `failed`, a 201)
+        if results and all(r.failure is not None for r in results):
             return _provider_failure(results, batch_id, messages)
         return KeyAnswer(201, JSON, dumps(batch_body(batch_id, messages)))
 

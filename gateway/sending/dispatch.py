@@ -35,8 +35,9 @@ from ..platform.clock import iso
 from ..store import queue as store_queue
 from ..store.db import Row, Tx
 from ..store.messages import Batch, NewMessage
+from ..store.settle import Outcome
 from . import settlement
-from .workflow import SendContext
+from .workflow import SendContext, suppressed, suppressed_outcomes
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -85,6 +86,8 @@ def _batch(rows: Sequence[Row]) -> Batch:
             NewMessage(r["id"], r["recipient"], r["charged_segments"], r["cost"]) for r in rows
         ],
         status="queued",
+        metadata=first["metadata"],
+        purpose=first["purpose"],
     )
 
 
@@ -298,15 +301,23 @@ class Dispatcher:
         batch = _batch(rows)
         try:
             dlrurl = f"{ctx.settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
+            # looked up now, when it is sent: a number suppressed since the send was queued
+            # is not texted
+            blocked = await suppressed(ctx.store, batch)
         except Exception:
             log.exception("dispatcher: batch %s could not be prepared", batch.batch_id)
             await self._requeue(rows, 1.0, "gateway_error", "the gateway failed before the call")
+            return
+        held = suppressed_outcomes(batch.messages, blocked, iso(ctx.clock()))
+        sendable = [m for m in batch.messages if m.recipient not in blocked]
+        if not sendable:
+            await self._settle(batch, held)
             return
         if self._interval:
             await self._window_turn()
         try:
             result = await ctx.provider.send(
-                [m.recipient for m in batch.messages],
+                [m.recipient for m in sendable],
                 batch.text,
                 sender=batch.sender or ctx.settings.provider_sender,
                 dlrurl=dlrurl,
@@ -315,7 +326,7 @@ class Dispatcher:
             log.exception("dispatcher: batch %s failed around the provider call", batch.batch_id)
             at = iso(ctx.clock())
             detail = "the gateway failed after handing the send to the provider"
-            outcomes = [settlement.unknown(m, at, "gateway_error", detail) for m in batch.messages]
+            outcomes = [settlement.unknown(m, at, "gateway_error", detail) for m in sendable]
         else:
             if result.failure == "unavailable":
                 attempts = 1 + max(int(r["attempts"]) for r in rows)
@@ -327,8 +338,13 @@ class Dispatcher:
                 )
                 return
             at = iso(ctx.clock())
-            outcomes = [settlement.outcome(m, result, at) for m in batch.messages]
+            outcomes = [settlement.outcome(m, result, at) for m in sendable]
         ctx.metrics.queue_calls.inc()
+        await self._settle(batch, held + outcomes)
+
+    async def _settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
+        """Store a claimed batch's outcomes (when the database cannot take them now, later)."""
+        ctx = self._ctx
         delay = ctx.settings.webhook_retry_schedule[0]
 
         async def write() -> None:

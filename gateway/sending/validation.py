@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -19,8 +19,24 @@ from . import numbers, segments
 MAX_RECIPIENTS = 1000
 MAX_SEGMENTS = 10
 SEND_FIELDS = frozenset(
-    {"to", "text", "sender", "reference", "callback_url", "queue", "send_at", "validity_period"}
+    {
+        "to",
+        "text",
+        "sender",
+        "reference",
+        "callback_url",
+        "queue",
+        "send_at",
+        "validity_period",
+        "metadata",
+        "purpose",
+    }
 )
+PURPOSES = frozenset({"otp"})
+METADATA_KEYS = 16
+METADATA_KEY_LENGTH = 40
+METADATA_VALUE_LENGTH = 500
+METADATA_BYTES = 4096
 MAX_SCHEDULE_AHEAD = timedelta(days=35)
 # A send_at this far in the past is taken as "now" (the client's clock may lag the gateway's);
 # further back it is refused, as it is most likely a mistake.
@@ -62,6 +78,8 @@ class SendRequest:
     queue: bool = False  # accepted now, sent by the dispatcher
     send_at: datetime | None = None  # scheduled: not before this (implies queue)
     validity: int | None = None  # seconds a queued message may wait once due (None: the default)
+    metadata: str | None = None  # the team's own data, as compact JSON text
+    purpose: str | None = None  # `otp`: passes the team's own suppression list
 
 
 def _field_error(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
@@ -134,6 +152,8 @@ def validate(body: Any, settings: Settings, now: datetime | None = None) -> Send
         )
     )
     queued = check(lambda: _queueing(body, settings, now or utcnow()))
+    metadata = check(lambda: _metadata(body.get("metadata")))
+    purpose = check(lambda: _purpose(body.get("purpose")))
     if problems:
         first = problems[0]
         raise type(first)(
@@ -145,7 +165,91 @@ def validate(body: Any, settings: Settings, now: datetime | None = None) -> Send
     text, info = counted
     queue, send_at, validity = queued
     return SendRequest(
-        recipients, text, info, sender, reference, callback_url, queue, send_at, validity
+        recipients,
+        text,
+        info,
+        sender,
+        reference,
+        callback_url,
+        queue,
+        send_at,
+        validity,
+        metadata,
+        purpose,
+    )
+
+
+def _metadata(value: Any) -> str | None:
+    """`metadata`: an object of up to 16 string keys (1-40 characters) and string values (up to
+    500), at most 4 KB as compact JSON; stored and returned as sent. Every violation is listed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _field_error("metadata", "must be an object of string keys and string values")
+    errors: list[dict[str, str]] = []
+    if len(value) > METADATA_KEYS:
+        errors.append({"field": "metadata", "reason": f"at most {METADATA_KEYS} keys"})
+    for key, item in value.items():
+        field = f"metadata.{key}"
+        if not 1 <= len(key) <= METADATA_KEY_LENGTH:
+            errors.append(
+                {"field": field, "reason": f"keys are 1 to {METADATA_KEY_LENGTH} characters"}
+            )
+        if not isinstance(item, str):
+            errors.append({"field": field, "reason": "must be a string"})
+        elif len(item) > METADATA_VALUE_LENGTH:
+            errors.append(
+                {"field": field, "reason": f"must be at most {METADATA_VALUE_LENGTH} characters"}
+            )
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode()) > METADATA_BYTES:
+        errors.append(
+            {"field": "metadata", "reason": f"must be at most {METADATA_BYTES} bytes as JSON"}
+        )
+    if errors:
+        raise ValidationFailed(
+            "; ".join(f"{e['field']}: {e['reason']}" for e in errors),
+            code="invalid_metadata",
+            extra={"errors": errors},
+        )
+    return text if value else None
+
+
+def _purpose(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value in PURPOSES:
+        return value
+    raise _field_error("purpose", 'must be "otp" or absent', code="invalid_purpose")
+
+
+def granted_sender(sender: str | None, granted: Sequence[str], default: str | None) -> str | None:
+    """The sender a team's send goes under: the one it named if it is granted (none granted:
+    only the gateway's `default`), or else the first granted (none granted: None, the
+    gateway's own). Raises the 422 `sender_not_allowed` for any other."""
+    if sender is None:
+        return granted[0] if granted else None
+    if sender in granted or (not granted and sender == default):
+        return sender
+    allowed = ", ".join(granted or [default or "the gateway's own sender"])
+    raise ValidationFailed(
+        f"sender: {sender!r} is not granted to this team (it may send as {allowed})",
+        code="sender_not_allowed",
+        extra={"errors": [{"field": "sender", "reason": "is not granted to this team"}]},
+    )
+
+
+def for_team(request: SendRequest, granted: Sequence[str], default: str | None) -> SendRequest:
+    """The send under the sender the team may use (see granted_sender)."""
+    sender = granted_sender(request.sender, granted, default)
+    return request if sender == request.sender else replace(request, sender=sender)
+
+
+def valid_sender(sender: Any) -> bool:
+    """Whether a value is a sender ID the provider takes: 1-11 letters, digits, spaces or
+    .-&_, or a number of up to 15 digits."""
+    return isinstance(sender, str) and bool(
+        _ALPHA_SENDER.fullmatch(sender) or _NUMERIC_SENDER.fullmatch(sender)
     )
 
 
@@ -263,16 +367,15 @@ def _text(text: Any) -> tuple[str, segments.SegmentInfo]:
 
 
 def _sender(sender: Any) -> str | None:
-    if sender is not None and not (
-        isinstance(sender, str)
-        and (_ALPHA_SENDER.fullmatch(sender) or _NUMERIC_SENDER.fullmatch(sender))
-    ):
+    if sender is None:
+        return None
+    if not valid_sender(sender):
         raise _field_error(
             "sender",
             "must be 1-11 letters, digits, spaces or .-&_, or a number of up to 15 digits",
             code="invalid_sender",
         )
-    return sender
+    return str(sender)
 
 
 def _unstorable(text: str) -> bool:

@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from ..delivery.dlrtoken import DlrTokens
 from ..errors import (
     Forbidden,
     QuotaExceeded,
+    ValidationFailed,
 )
 from ..platform import logs, tracing
 from ..platform.clock import Clock, iso, next_day_start, next_month_start, periods
@@ -31,6 +32,7 @@ from ..platform.settings import Settings
 from ..provider.client import ProviderClient, SendResult
 from ..store import messages as store_messages
 from ..store import settle as store_settle
+from ..store import suppressions as store_suppressions
 from ..store.db import Store
 from ..store.errors import DatabaseUnavailable, DatabaseUnreachable
 from ..store.keys import KeyAnswer
@@ -75,6 +77,7 @@ class SendContext:
     webhooks_queued: Callable[[], None] = lambda: None
     metrics: Metrics = field(default_factory=Metrics)
     queue_accepted: Callable[[], None] = lambda: None  # wakes this process's dispatcher
+    test_provider: ProviderClient | None = None  # the in-process simulator of test tokens
 
 
 async def send(
@@ -85,6 +88,7 @@ async def send(
     idempotency_key: str | None = None,
     body_hash: str = "",
     client_dlr: str | None = None,
+    test: bool = False,
 ) -> Answer:
     """Reserve, call the provider in batches, settle, and return the answer to give.
 
@@ -92,10 +96,23 @@ async def send(
     Otherwise the answer is 201, or the provider's failure (502, 503, 504) with the stored
     messages. With an Idempotency-Key, a live key's first answer is replayed instead, and
     this answer is kept in the transaction that settles the messages.
+
+    `test` (a test token's send): the in-process simulator stands in for the provider, and no
+    limit, counter or bill is touched. A suppressed recipient is settled `failed`/`suppressed`
+    and refunded; the others go.
     """
+    if test and request.queue:
+        raise ValidationFailed(
+            "a test token's send cannot be queued or scheduled; send it at once",
+            code="test_not_queued",
+            extra={"errors": [{"field": "queue", "reason": "not with a test token"}]},
+        )
     now = ctx.clock()
-    batch = _new_batch(ctx, team_id, request, now, client_dlr)
+    batch = _new_batch(ctx, team_id, request, now, client_dlr, test)
     accepted = accepted_answer(batch) if batch.queued else None
+    # Read before the reservation (a database that cannot answer fails the send with nothing
+    # stored); a queued send's recipients are looked up when the dispatcher sends them.
+    blocked = {} if batch.queued else await suppressed(ctx.store, batch)
     claim = None
     if idempotency_key is not None:
         claim = store_messages.IdempotencyClaim(
@@ -121,7 +138,7 @@ async def send(
         ctx.queue_accepted()
         return to_answer(accepted)
     # From here the messages are `sending` under this process's lease: every path settles them.
-    outcomes, results = await _call_provider(ctx, batch, request)
+    outcomes, results = await _call_provider(ctx, batch, request, blocked)
     answer_for = answer_builder(batch.batch_id, results)
     return await _store_outcome(ctx, batch, outcomes, idempotency_key, answer_for)
 
@@ -174,12 +191,45 @@ def _quota_error(refusal: quota.Refusal, now: datetime, tz: ZoneInfo) -> QuotaEx
     )
 
 
+async def suppressed(store: Store, batch: store_messages.Batch) -> dict[str, str]:
+    """The batch's recipients that are suppressed, each with its list (`team` or `global`): an
+    OTP passes the team's own list, never the global one."""
+    found = await store_suppressions.blocked(
+        store, batch.team_id, [m.recipient for m in batch.messages]
+    )
+    if batch.purpose == "otp":
+        return {n: scope for n, scope in found.items() if scope == "global"}
+    return found
+
+
+def suppressed_outcomes(
+    messages: Sequence[store_messages.NewMessage], blocked: dict[str, str], at: str
+) -> list[Outcome]:
+    """The messages to suppressed recipients, settled `failed`/`suppressed` and refunded."""
+    return [
+        settlement.refused(
+            m,
+            at,
+            "suppressed",
+            f"the recipient is on the {blocked[m.recipient]} suppression list; not sent",
+        )
+        for m in messages
+        if m.recipient in blocked
+    ]
+
+
 def _new_batch(
-    ctx: SendContext, team_id: str, request: SendRequest, now: datetime, client_dlr: str | None
+    ctx: SendContext,
+    team_id: str,
+    request: SendRequest,
+    now: datetime,
+    client_dlr: str | None,
+    test: bool = False,
 ) -> store_messages.Batch:
-    """The batch to store: one message per recipient, each reserving the estimated cost."""
+    """The batch to store: one message per recipient, each reserving the estimated cost (a
+    test send's: nothing)."""
     day, month = periods(now, ctx.tz)
-    per_message_cost = request.info.segments * ctx.settings.price_per_segment
+    per_message_cost = 0 if test else request.info.segments * ctx.settings.price_per_segment
     queued: dict[str, Any] = {}
     if request.queue:
         # Due and expiry times are the database's (store/messages.py): a send_at is a time the
@@ -213,26 +263,42 @@ def _new_batch(
         client_dlr=client_dlr,
         trace=tracing.traceparent(),
         alert_url=ctx.settings.operator_webhook_url,
+        metadata=request.metadata,
+        purpose=request.purpose,
+        test=test,
         **queued,
     )
 
 
 async def _call_provider(
-    ctx: SendContext, batch: store_messages.Batch, request: SendRequest
+    ctx: SendContext,
+    batch: store_messages.Batch,
+    request: SendRequest,
+    blocked: dict[str, str] | None = None,
 ) -> tuple[list[Outcome], list[SendResult] | None]:
-    """Call the provider for every chunk of the batch; the outcome of each message, and the
-    calls' results (None when the gateway itself failed)."""
+    """Call the provider (a test send: the simulator) for every chunk of the batch but its
+    `blocked` recipients; the outcome of each message, and the calls' results (None when the
+    gateway itself failed)."""
     settings = ctx.settings
     handed_over = False
+    provider = ctx.provider
+    if batch.test:
+        assert ctx.test_provider is not None, "every app runs the test tokens' simulator"
+        provider = ctx.test_provider
+    held: list[Outcome] = []
+    messages = batch.messages
+    if blocked:
+        held = suppressed_outcomes(messages, blocked, iso(ctx.clock()))
+        messages = [m for m in messages if m.recipient not in blocked]
     try:
         dlrurl = f"{settings.public_url}/dlr/{ctx.tokens.sign(batch.batch_id)}"
         size = settings.provider_batch_size
-        chunks = [batch.messages[i : i + size] for i in range(0, len(batch.messages), size)]
+        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
         gate = asyncio.Semaphore(PROVIDER_CONCURRENCY)
 
         async def call(chunk: Sequence[store_messages.NewMessage]) -> SendResult:
             async with gate:
-                return await ctx.provider.send(
+                return await provider.send(
                     [m.recipient for m in chunk],
                     request.text,
                     sender=request.sender or settings.provider_sender,
@@ -240,26 +306,30 @@ async def _call_provider(
                 )
 
         handed_over = True
-        if len(chunks) == 1:  # the common case: no tasks to make
+        if not chunks:  # every recipient is suppressed
+            results = []
+        elif len(chunks) == 1:  # the common case: no tasks to make
             results = [await call(chunks[0])]
         else:
             results = list(await asyncio.gather(*(call(chunk) for chunk in chunks)))
         at = iso(ctx.clock())
-        outcomes = [
+        outcomes = held + [
             settlement.outcome(message, result, at)
             for chunk, result in zip(chunks, results, strict=True)
             for message in chunk
         ]
+        if batch.test:  # the simulator's prices are not a bill
+            outcomes = [replace(o, charged_segments=0, cost=0) for o in outcomes]
     except Exception:
         log.exception("batch %s: the gateway failed around the provider call", batch.batch_id)
         at = iso(ctx.clock())
         if handed_over:
             detail = "the gateway failed after handing the send to the provider"
-            return [
-                settlement.unknown(m, at, "gateway_error", detail) for m in batch.messages
+            return held + [
+                settlement.unknown(m, at, "gateway_error", detail) for m in messages
             ], None
         detail = "the gateway failed before calling the provider; nothing was sent"
-        return [settlement.refused(m, at, "gateway_error", detail) for m in batch.messages], None
+        return held + [settlement.refused(m, at, "gateway_error", detail) for m in messages], None
     logs.note(
         "batch sent",
         batch_id=batch.batch_id,

@@ -101,13 +101,23 @@ async def team_url(tx: Tx, team_id: str) -> str | None:
     return row["callback_url"] if row else None
 
 
-async def fired(store: Store, since_period: str, until_period: str) -> list[dict[str, Any]]:
+async def fired(
+    store: Store, since_period: str, until_period: str, team: str | None = None
+) -> list[dict[str, Any]]:
     """The alerts of the periods from `since_period` (a month, say) up to `until_period`,
-    newest first (the dashboard's list for this month)."""
-    rows = await store.fetchall(
-        "SELECT * FROM usage_alerts WHERE period >= ? AND period < ? ORDER BY at DESC LIMIT 500",
-        (since_period, until_period),
-    )
+    newest first (the dashboard's list for this month), of one team or of all."""
+    if team is None:
+        rows = await store.fetchall(
+            "SELECT * FROM usage_alerts WHERE period >= ? AND period < ?"
+            " ORDER BY at DESC LIMIT 500",
+            (since_period, until_period),
+        )
+    else:  # the primary key's first column
+        rows = await store.fetchall(
+            "SELECT * FROM usage_alerts WHERE team_id = ? AND period >= ? AND period < ?"
+            " ORDER BY at DESC LIMIT 500",
+            (team, since_period, until_period),
+        )
     return [
         {
             "team": r["team_id"],

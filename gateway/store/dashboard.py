@@ -46,14 +46,23 @@ class StatusCount:
 
 
 async def status_counts(store: Store, min_id: str) -> list[StatusCount]:
-    """Messages created since the ULID `min_id`, across teams, by status."""
+    """Real messages (not a test token's) created since the ULID `min_id`, across teams, by
+    status."""
     rows = await store.fetchall(
         "SELECT status, COUNT(*) AS n, CAST(SUM(cost) AS BIGINT) AS cost FROM messages"
-        " WHERE id >= ?"
+        " WHERE id >= ? AND test = 0"
         " GROUP BY status ORDER BY status",
         (min_id,),
     )
     return [StatusCount(r["status"], r["n"], r["cost"] or 0) for r in rows]
+
+
+async def test_sends(store: Store, min_id: str) -> int:
+    """A test token's messages created since `min_id`, across teams (shown apart)."""
+    row = await store.fetchone(
+        "SELECT COUNT(*) AS n FROM messages WHERE test = 1 AND id >= ?", (min_id,)
+    )
+    return int(row["n"]) if row else 0
 
 
 async def hourly(store: Store, min_id: str) -> list[tuple[str, str, int]]:

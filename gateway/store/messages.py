@@ -49,6 +49,9 @@ class Batch:
     validity: float = 0.0  # queued without send_at: seconds from now (the database's) to expiry
     trace: str | None = None  # the sending request's traceparent, when tracing is on
     alert_url: str | None = None  # GATEWAY_OPERATOR_WEBHOOK_URL: usage alerts go there too
+    metadata: str | None = None  # the send's metadata, as JSON text
+    purpose: str | None = None  # `otp`: passes the team's own suppressions at dispatch
+    test: bool = False  # a test token's send: the simulator's, no limit, counter or bill
 
     @property
     def queued(self) -> bool:
@@ -145,7 +148,7 @@ async def _check(
     )
     segments = sum(m.segments for m in batch.messages)
     cost = sum(m.cost for m in batch.messages)
-    refusal = quota.check(limits, used, segments, cost)
+    refusal = None if batch.test else quota.check(limits, used, segments, cost)
     if refusal is not None:
         return refusal
     return Room(limits, used, tuple(orjson.loads(team["alert_thresholds"])), team["callback_url"])
@@ -203,11 +206,12 @@ _INSERT_KEY = with_clock(
 _INSERT_MESSAGE = with_clock(
     "INSERT INTO messages (id, batch_id, team_id, recipient, text, sender, reference,"
     " callback_url, status, segments, encoding, charged_segments, cost, day, month,"
-    " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at, trace)"
+    " created_at, events, client_dlr, owner, due_at, next_attempt_at, expires_at, trace,"
+    " metadata, purpose, test)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
     " ?19, CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
     " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?20, {now}) END,"
-    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?21, {expiry}) END, ?23)",
+    " CASE WHEN ?9 = 'sending' THEN NULL ELSE COALESCE(?21, {expiry}) END, ?23, ?24, ?25, ?26)",
     expiry=now_plus("?22"),
 )
 
@@ -255,7 +259,7 @@ async def _reserve(
                 batch.status,
                 m.segments,
                 batch.encoding,
-                m.segments,
+                0 if batch.test else m.segments,
                 m.cost,
                 batch.day,
                 batch.month,
@@ -267,10 +271,15 @@ async def _reserve(
                 batch.expires_at,
                 float(batch.validity),
                 batch.trace,
+                batch.metadata,
+                batch.purpose,
+                int(batch.test),
             )
             for m in batch.messages
         ],
     )
+    if batch.test:
+        return None  # a test token's send: no counter, no alert
     reserved = UsageDelta(
         len(batch.messages),
         sum(m.segments for m in batch.messages),
@@ -324,6 +333,9 @@ def _reserve_item(owner: str, batch: Batch, claim: IdempotencyClaim | None) -> d
         "validity": batch.validity,
         "trace": batch.trace,
         "operator_url": batch.alert_url,
+        "metadata": batch.metadata,
+        "purpose": batch.purpose,
+        "test": batch.test,
         "key_status": answer.status if answer else None,
         "key_type": answer.content_type if answer else None,
         "key_body": answer.body.decode() if answer else None,

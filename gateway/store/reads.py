@@ -55,6 +55,7 @@ class ListFilter:
     max_id: str | None = None  # exclusive
     before_id: str | None = None  # the cursor: exclusive
     limit: int = 50
+    test: bool | None = None  # only a test token's sends (True), or only real ones (False)
 
 
 async def list_messages(store: Store, team_id: str, f: ListFilter) -> list[dict[str, Any]]:
@@ -77,6 +78,8 @@ def list_query(team_id: str | None, f: ListFilter) -> tuple[str, list[Any]]:
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if f.test is not None:  # a literal, so the partial index messages_test can serve it
+        clauses.append("test = 1" if f.test else "test = 0")
     if f.min_id is not None:
         clauses.append("id >= ?")
         params.append(f.min_id)
@@ -87,3 +90,16 @@ def list_query(team_id: str | None, f: ListFilter) -> tuple[str, list[Any]]:
     params.append(f.limit)
     sql = f"SELECT * FROM messages WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608
     return sql, params
+
+
+async def test_counts(store: Store, team_id: str, since: dict[str, str]) -> dict[str, int]:
+    """How many test-token messages the team stored since each lower id bound (a period's
+    first ULID), on the partial index messages_test."""
+    counts: dict[str, int] = {}
+    for period, min_id in since.items():
+        row = await store.fetchone(
+            "SELECT COUNT(*) AS n FROM messages WHERE team_id = ? AND test = 1 AND id >= ?",
+            (team_id, min_id),
+        )
+        counts[period] = int(row["n"]) if row else 0
+    return counts

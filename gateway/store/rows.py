@@ -42,8 +42,10 @@ def message_object(
     sent_at: str | None,
     completed_at: str | None,
     events: list[dict[str, Any]],
+    metadata: str | None = None,
+    test: bool = False,
 ) -> dict[str, Any]:
-    """The API's message object."""
+    """The API's message object (`metadata` as stored: JSON text, or None)."""
     return {
         "id": id,
         "batch_id": batch_id,
@@ -62,6 +64,8 @@ def message_object(
         "sent_at": sent_at,
         "completed_at": completed_at,
         "events": events,
+        "metadata": loads(metadata) if metadata else None,
+        "test": test,
     }
 
 
@@ -85,4 +89,6 @@ def resource(row: aiosqlite.Row) -> dict[str, Any]:
         sent_at=row["sent_at"],
         completed_at=row["completed_at"],
         events=loads(row["events"]),
+        metadata=row["metadata"],
+        test=bool(row["test"]),
     )

@@ -24,6 +24,7 @@ TEAM_FIELDS = (
     "rate_limit_per_second",
     "callback_url",
     "alert_thresholds",
+    "senders",
 )
 DEFAULT_THRESHOLDS = (80, 100)
 
@@ -43,6 +44,7 @@ class Team:
     webhook_secret: str
     created_at: str
     alert_thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    senders: tuple[str, ...] = ()  # granted sender IDs, the first the default
 
     def public(self, *, with_secret: bool = False) -> dict[str, Any]:
         """The team object of the API."""
@@ -56,6 +58,7 @@ class Team:
             "rate_limit_per_second": self.rate_limit_per_second,
             "callback_url": self.callback_url,
             "alert_thresholds": list(self.alert_thresholds),
+            "senders": list(self.senders),
             "created_at": self.created_at,
         }
         if with_secret:
@@ -81,7 +84,12 @@ def _team(row: Row) -> Team:
         webhook_secret=row["webhook_secret"],
         created_at=row["created_at"],
         alert_thresholds=tuple(json.loads(row["alert_thresholds"])),
+        senders=tuple(json.loads(row["senders"])),
     )
+
+
+def _senders(value: Any) -> str:
+    return json.dumps(list(value), separators=(",", ":"), ensure_ascii=False)
 
 
 def _thresholds(value: Any) -> str:
@@ -104,8 +112,8 @@ async def _create(
 ) -> Team | None:
     if not await tx.execute(
         "INSERT INTO teams (id, name, active, daily_limit, monthly_limit, monthly_budget,"
-        " rate_limit_per_second, callback_url, webhook_secret, created_at, alert_thresholds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        " rate_limit_per_second, callback_url, webhook_secret, created_at, alert_thresholds,"
+        " senders) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         (
             team_id,
             values["name"],
@@ -118,6 +126,7 @@ async def _create(
             new_webhook_secret(),
             at,
             _thresholds(values.get("alert_thresholds", DEFAULT_THRESHOLDS)),
+            _senders(values.get("senders", ())),
         ),
     ):
         return None
@@ -175,6 +184,8 @@ async def update_team(
         changes["rate_limit_per_second"] = _rate(changes["rate_limit_per_second"])
     if "alert_thresholds" in changes:
         changes["alert_thresholds"] = _thresholds(changes["alert_thresholds"])
+    if "senders" in changes:
+        changes["senders"] = _senders(changes["senders"])
     return await store.write(_update, team_id, changes, actor)
 
 

@@ -8,16 +8,25 @@ from typing import Any
 
 from ..delivery.callbacks import CallbackPolicy
 from ..errors import ValidationFailed
-from ..sending.validation import check_callback_url
+from ..sending.validation import check_callback_url, valid_sender
 from ..store.teams import Team
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_FIELDS = ("daily_limit", "monthly_limit", "monthly_budget")
 MIN_RATE, MAX_RATE = 0.001, 1e6  # requests a second; below one in 1,000 s is a typo, not a rate
 EDITABLE = frozenset(
-    {"name", "active", "rate_limit_per_second", "callback_url", "alert_thresholds", *LIMIT_FIELDS}
+    {
+        "name",
+        "active",
+        "rate_limit_per_second",
+        "callback_url",
+        "alert_thresholds",
+        "senders",
+        *LIMIT_FIELDS,
+    }
 )
 MAX_THRESHOLDS = 10
+MAX_SENDERS = 50
 
 
 def _bad(field: str, reason: str) -> ValidationFailed:
@@ -90,7 +99,27 @@ def check_team_fields(body: Any, *, creating: bool, guard: CallbackPolicy) -> di
         out["callback_url"] = check_callback_url(value, guard)
     if "alert_thresholds" in body:
         out["alert_thresholds"] = check_thresholds(body["alert_thresholds"])
+    if "senders" in body:
+        out["senders"] = check_senders(body["senders"])
     return out
+
+
+def check_senders(value: Any) -> list[str]:
+    """Granted sender IDs: a list of at most 50 distinct IDs the provider takes (1-11 letters,
+    digits, spaces or .-&_, or a number of up to 15 digits), the first the default; empty: the
+    gateway's own sender only."""
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_SENDERS
+        or not all(valid_sender(v) for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise _bad(
+            "senders",
+            f"must be a list of at most {MAX_SENDERS} distinct sender IDs (1-11 letters, "
+            "digits, spaces or .-&_, or a number of up to 15 digits)",
+        )
+    return list(value)
 
 
 def check_thresholds(value: Any) -> list[int]:
@@ -111,7 +140,17 @@ def check_thresholds(value: Any) -> list[int]:
 
 def teams_table(teams: Sequence[Team]) -> str:
     """The teams as an aligned text table (the CLI's `team list`)."""
-    header = ("ID", "NAME", "ACTIVE", "DAILY", "MONTHLY", "BUDGET", "ALERTS %", "CALLBACK")
+    header = (
+        "ID",
+        "NAME",
+        "ACTIVE",
+        "DAILY",
+        "MONTHLY",
+        "BUDGET",
+        "ALERTS %",
+        "SENDERS",
+        "CALLBACK",
+    )
     lines = _table(
         header,
         [
@@ -123,6 +162,7 @@ def teams_table(teams: Sequence[Team]) -> str:
                 _cell(t.monthly_limit),
                 _cell(t.monthly_budget),
                 ",".join(map(str, t.alert_thresholds)) or "-",
+                ",".join(t.senders) or "-",
                 t.callback_url or "-",
             )
             for t in teams
@@ -130,6 +170,21 @@ def teams_table(teams: Sequence[Team]) -> str:
     )
     if not teams:
         lines.append("(no teams yet: sms-gateway team create ID)")
+    return "\n".join(lines)
+
+
+def suppressions_table(entries: Sequence[Any]) -> str:
+    """Suppression entries (store.suppressions.Entry) as an aligned text table."""
+    header = ("NUMBER", "LIST", "REASON", "ADDED", "BY")
+    lines = _table(
+        header,
+        [
+            (e.number, e.team or "* (every team)", e.reason or "-", e.created_at, e.created_by)
+            for e in entries
+        ],
+    )
+    if not entries:
+        lines.append("(no number is suppressed)")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import jwt
 
 from ..platform.settings import ConfigError, Settings
 
-SCOPES = ("messages:send", "messages:read", "admin")
+SCOPES = ("messages:send", "messages:read", "messages:test", "admin")
 DEFAULT_SCOPE = "messages:send messages:read"
 
 

@@ -11,8 +11,10 @@ from zoneinfo import ZoneInfo
 
 from ..errors import ValidationFailed
 from ..platform.clock import periods
+from ..platform.ids import lowest_ulid
 from ..store import Store
 from ..store.queue import reserved
+from ..store.reads import test_counts
 from ..store.teams import Team
 from ..store.usage import TeamMonth, month_report, period_usage
 from .quota import remaining
@@ -28,6 +30,15 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
     d, m = used[day], used[month]
     # Queued and scheduled messages count in `used` from acceptance; this much of it waits.
     in_day, in_month = await reserved(store, team.id, day, month)
+    # A test token's sends are in no counter: counted apart, from the messages themselves.
+    local = now.astimezone(tz)
+    starts = {
+        "day": datetime(local.year, local.month, local.day, tzinfo=tz),
+        "month": datetime(local.year, local.month, 1, tzinfo=tz),
+    }
+    tests = await test_counts(
+        store, team.id, {p: "msg_" + lowest_ulid(at) for p, at in starts.items()}
+    )
     return {
         "team": team.id,
         "timezone": tz.key,
@@ -38,6 +49,7 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
             "used": d.segments,
             "remaining": remaining(team.daily_limit, d.segments),
             "reserved": in_day.segments,
+            "test": tests["day"],
         },
         "month": {
             "period": month,
@@ -49,6 +61,7 @@ async def team_usage(store: Store, team: Team, now: datetime, tz: ZoneInfo) -> d
             "budget_remaining": remaining(team.monthly_budget, m.cost),
             "reserved": in_month.segments,
             "reserved_cost": in_month.cost,
+            "test": tests["month"],
         },
     }
 
