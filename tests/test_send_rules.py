@@ -477,7 +477,7 @@ async def test_odd_suppression_input_is_a_clear_error_never_a_500(
 ) -> None:
     client = await make_client()
     await create_team(client, "payments")
-    for method, url, kwargs, status in [
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
         ("get", "/suppressions?limit=²", {}, 422),
         ("get", "/suppressions?limit=0", {}, 422),
         ("get", "/suppressions?colour=red", {}, 422),
@@ -488,7 +488,8 @@ async def test_odd_suppression_input_is_a_clear_error_never_a_500(
         ("put", "/suppressions/%C2%B2%C2%B2", {}, 422),
         ("post", "/admin/suppressions/import", {"json": {"numbers": []}}, 415),
         ("post", "/admin/suppressions/import?team=Bad!", {"data": b"x"}, 404),
-    ]:
+    ]
+    for method, url, kwargs, status in cases:
         headers = admin() if "/admin/" in url else team()
         resp = await getattr(client, method)(url, headers=headers, **kwargs)
         assert resp.status == status, (url, await resp.text())
