@@ -24,6 +24,7 @@ from .conftest import (
     mint,
     problem,
 )
+from .conftest import query as read
 
 pytestmark = pytest.mark.both_databases  # every test here runs on SQLite and PostgreSQL
 
@@ -310,3 +311,56 @@ async def test_webhook_payload_is_the_message_json(
     payload = json.loads(body)
     assert set(payload) == {"type", "timestamp", "data"}
     assert payload["data"]["reference"] == "order-7"
+
+
+async def test_a_burst_of_reports_is_applied_as_one_after_another_would_be(
+    make_client: ClientFactory, provider: FakeProvider, receiver: Receiver, database: str
+) -> None:
+    """Reports arriving together (on PostgreSQL taken in one transaction a group): each repeat
+    changes nothing, the first report of a message applies and a later one is ignored, an
+    unknown id waits; one webhook per message, whatever the interleaving."""
+    client, secret = await gateway(make_client, receiver)
+    to = [f"0788{n:06d}" for n in range(1000, 1100) if n % 100 != 13][:60]  # (13: refused)
+    sent = await send(client, to)
+    [call] = provider.calls
+    messages = sent["messages"]
+    fired: list[tuple[str, str, str]] = []
+    for m in messages:
+        fired += [(m["to"], m["provider_message_id"], "")] * 2  # the same report twice
+    for m in messages[:20]:  # then an undelivered one for a third of them
+        fired.append((m["to"], m["provider_message_id"], "U"))
+    fired += [("250788000777", f"ghost-{n}", "") for n in range(5)]
+
+    async def report(recipient: str, provider_id: str, state: str) -> int:
+        params = {
+            "dnis": recipient,
+            "username": provider.dlr_username,
+            "password": provider.dlr_password,
+            "command": "deliver",
+            "dlvrMsgId": provider_id,
+            "dlvrMsgStat": state or "D",
+        }
+        async with client.session.get(call["dlrurl"], params=params) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(report(*f) for f in fired))
+    assert set(statuses) == {200}
+    await receiver.wait_for(60)
+    await asyncio.sleep(0.3)  # and no more
+    hooks = [verified(secret, d) for d in receiver.received]
+    assert sorted(h["data"]["id"] for h in hooks) == sorted(m["id"] for m in messages)
+    outcomes = dict(
+        read(
+            database,
+            "SELECT COALESCE(outcome, 'pending'), COUNT(*) FROM dlr_reports GROUP BY 1",
+        )
+    )
+    # each D once (its repeat is a duplicate, not stored); a U after a D: kept, ignored;
+    # a U that came first wins and its D is ignored: 60 applied, 20 ignored in all
+    assert outcomes == {"applied": 60, "ignored": 20, "pending": 5}
+    final = dict(read(database, "SELECT status, COUNT(*) FROM messages GROUP BY 1"))
+    assert sum(final.values()) == 60 and set(final) <= {"delivered", "undelivered"}
+    for m in messages:
+        stored = await message(client, m["id"])
+        assert [e["status"] for e in stored["events"]][-1] == stored["status"]
+        assert len(stored["events"]) == 3  # sending, sent, and one final state

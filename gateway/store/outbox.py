@@ -113,6 +113,58 @@ async def settle_report(
     )
 
 
+# PostgreSQL, a group of reports at once (delivery/reports.py, receive_group): each statement
+# takes arrays, one element a report, so a group costs a handful of round trips, not one each.
+LOCK_BATCHES_SHARED = (
+    "SELECT pg_advisory_xact_lock_shared(hashtext(b))"
+    " FROM (SELECT DISTINCT unnest($1::text[]) AS b ORDER BY b) AS batches"
+)
+INSERT_REPORTS = (
+    "INSERT INTO dlr_reports (batch_id, provider_message_id, recipient, state, received_at)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+    " ON CONFLICT DO NOTHING RETURNING id, batch_id, provider_message_id, state"
+)
+REPORTED_MESSAGES = (
+    "SELECT m.id, m.batch_id, m.provider_message_id FROM messages m"
+    " JOIN unnest($1::text[], $2::text[]) AS r(b, p)"
+    " ON m.batch_id = r.b AND m.provider_message_id = r.p"
+)
+FINISH_MESSAGES = (
+    "UPDATE messages SET status = r.s, completed_at = r.a, owner = NULL,"
+    " events = left(events, -1) || ',' || json_build_object('status', r.s, 'at', r.a)::text"
+    " || ']' FROM unnest($1::text[], $2::text[], $3::text[]) AS r(id, s, a)"
+    " WHERE messages.id = r.id AND messages.status IN ('sent', 'unknown') RETURNING messages.*"
+)
+TEAM_URLS = "SELECT id, callback_url FROM teams WHERE id = ANY($1::text[])"
+SETTLE_REPORTS = (
+    "UPDATE dlr_reports SET outcome = r.o, message_id = r.m, settled_at = r.a"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS r(id, o, m, a)"
+    " WHERE dlr_reports.id = r.id"
+)
+
+
+async def insert_webhooks(tx: Tx, hooks: list[NewWebhook]) -> None:
+    """Queue several deliveries (insert_webhook's rows, in one pipelined statement)."""
+    await tx.executemany(
+        _INSERT,
+        [
+            (
+                h.id,
+                h.message_id,
+                h.team_id,
+                h.type,
+                h.url,
+                h.payload,
+                float(h.delay),
+                h.created_at,
+                h.kind,
+                h.trace,
+            )
+            for h in hooks
+        ],
+    )
+
+
 async def reported_message(tx: Tx, batch_id: str, provider_message_id: str) -> Row | None:
     """The message a report names (id and status), if its send's answer is stored."""
     return await tx.fetchone(REPORTED_MESSAGE, (batch_id, provider_message_id))
