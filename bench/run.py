@@ -56,6 +56,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu: float | None = None  # the server process's CPU seconds a request (from /proc)
 
     @property
     def rate(self) -> float:
@@ -71,10 +72,17 @@ class Result:
 
     def line(self) -> str:
         """A row of the report."""
+        cpu = f"  CPU {self.cpu * 1e6:>4.0f} µs/request" if self.cpu is not None else ""
         return (
             f"{self.name:<34} {self.rate:>9.0f}/s  p50 {self.pct(0.50):>7.2f} ms  "
-            f"p99 {self.pct(0.99):>7.2f} ms  errors {self.errors}"
+            f"p99 {self.pct(0.99):>7.2f} ms  errors {self.errors}{cpu}"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used, from /proc/PID/stat (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -145,8 +153,10 @@ async def load(
     duration: float,
     method: str = "POST",
     expect: int = 201,
+    pid: int | None = None,
 ) -> Result:
-    """`concurrency` clients sending back to back for `duration` seconds."""
+    """`concurrency` clients sending back to back for `duration` seconds; with `pid`, the
+    server's CPU time a request over the run (read from /proc around it)."""
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -172,10 +182,12 @@ async def load(
                 sent += 1
                 errors += not ok
 
+        cpu_before = cpu_seconds(pid) if pid is not None else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    return Result(name, sent, errors, seconds, latencies)
+        cpu = (cpu_seconds(pid) - cpu_before) / max(sent, 1) if pid is not None else None
+    return Result(name, sent, errors, seconds, latencies, cpu)
 
 
 def one_recipient(n: int) -> dict[str, Any]:
@@ -480,9 +492,17 @@ async def _measure(
     empty_label = "gateway (empty database)"
     full_label = f"gateway ({options.preload:,} stored)"
 
+    pids: dict[int, int] = {}  # port -> the server's pid, once it runs
+
     def sends(label: str, port: int, auth: dict[str, str]) -> Callable[[], Any]:
         return lambda: load(
-            label, f"http://127.0.0.1:{port}/messages", one_recipient, auth, n, seconds
+            label,
+            f"http://127.0.0.1:{port}/messages",
+            one_recipient,
+            auth,
+            n,
+            seconds,
+            pid=pids.get(port),
         )
 
     with tempfile.TemporaryDirectory(prefix="sms-bench-") as tmp:
@@ -516,10 +536,17 @@ async def _measure(
                 ["-m", "bench.servers", "forwarder", str(forwarder_port), provider_url],
                 forwarder_port,
                 ready_path="/",
-            ),
+            ) as forwarder_process,
             process(["-m", "gateway", "serve"], empty_port, empty_env) as empty_gateway,
             process(["-m", "gateway", "serve"], full_port, full_env) as full_gateway,
         ):
+            pids.update(
+                {
+                    forwarder_port: forwarder_process.pid,
+                    empty_port: empty_gateway.pid,
+                    full_port: full_gateway.pid,
+                }
+            )
             runs = {
                 "forwarder": sends("bare forwarder", forwarder_port, {}),
                 "empty": sends(empty_label, empty_port, headers),
@@ -573,6 +600,8 @@ async def _measure(
     p99_ratios = paired(results["empty"], results["forwarder"], lambda r: r.pct(0.99))
     full_ratios = paired(results["full"], results["empty"], lambda r: r.rate)
     ratio, p99_ratio, full_ratio = (statistics.median(r) for r in (ratios, p99_ratios, full_ratios))
+    cpu_ratios = paired(results["empty"], results["forwarder"], lambda r: r.cpu or float("nan"))
+    cpu_ratio = statistics.median(cpu_ratios)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {loop_name}; {n} clients, {seconds:g} s a run, "
@@ -613,11 +642,13 @@ async def _measure(
     for name, values in (
         ("gateway / forwarder sends/s", ratios),
         ("gateway / forwarder p99", p99_ratios),
+        ("gateway / forwarder CPU a send", cpu_ratios),
         ("preloaded / empty sends/s", full_ratios),
     ):
         print(f"{name}, round by round: {' '.join(f'{v:.2f}' for v in values)}")
     targets = [
         ("throughput >= 0.70 x forwarder", ratio >= 0.70, f"{ratio:.2f}"),
+        ("CPU a send <= 1.4 x forwarder's", cpu_ratio <= 1.4, f"{cpu_ratio:.2f}"),
         ("p99 <= 2 x forwarder", p99_ratio <= 2.0, f"{p99_ratio:.2f}"),
         ("throughput with preload within 10 %", full_ratio >= 0.90, f"{full_ratio:.2f}"),
         ("GET /messages p99 <= 20 ms", page.pct(0.99) <= 20, f"{page.pct(0.99):.1f} ms"),

@@ -47,16 +47,15 @@ def test_list_queries_use_an_index_and_no_sort(database: str, names: tuple[str, 
     assert "TEMP B-TREE" not in plan, plan  # no sort of the matching rows: keyset order
 
 
-def test_the_suppression_lookup_probes_the_primary_key(database: str) -> None:
+@pytest.mark.parametrize("one", [True, False], ids=["one recipient", "several"])
+def test_the_suppression_lookup_probes_the_primary_key(database: str, one: bool) -> None:
     """The send's lookup (store.suppressions.blocked): a search on (team, number), no scan."""
-    from gateway.store.suppressions import _BLOCKED
+    from gateway.store.suppressions import _BLOCKED, _BLOCKED_ONE
 
+    sql, number = (_BLOCKED_ONE, "250788000001") if one else (_BLOCKED, '["250788000001"]')
     with sqlite3.connect(database) as conn:
         plan = " | ".join(
-            row[3]
-            for row in conn.execute(
-                f"EXPLAIN QUERY PLAN {_BLOCKED.sqlite}", ("payments", '["250788000001"]')
-            )
+            row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql.sqlite}", ("t", number))
         )
     assert "SEARCH suppressions USING PRIMARY KEY (team_id=? AND number=?)" in plan, plan
     assert "SCAN suppressions" not in plan, plan
