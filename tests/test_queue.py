@@ -190,7 +190,14 @@ async def test_provider_refusing_keeps_messages_queued_until_it_is_back(
     provider.mode = "http429"
     body = await (await send(client, ["0788000001", "0788000002"], queue=True)).json()
     ids = [m["id"] for m in body["messages"]]
-    await eventually(lambda: asyncio.sleep(0, bool(provider.calls)))
+
+    # (the fake provider records a call as it arrives, before its 429 is answered and the
+    # dispatcher puts the batch back: wait for the message to be back in the queue)
+    async def put_back() -> bool:
+        found = await message(client, ids[0])
+        return bool(provider.calls) and found["status"] == "queued" and found["error"] is not None
+
+    await eventually(put_back)
     waiting = await message(client, ids[0])
     assert waiting["status"] == "queued"
     assert waiting["error"]["code"] == "provider_unavailable"
