@@ -228,6 +228,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         box=box,
         metrics=app[METRICS],
         operator_secret=settings.operator_webhook_secret,
+        operator_url=settings.operator_webhook_url,
+        disable_after=settings.webhook_disable_after,
     )
     app[WORKER] = worker
     catch_up = CatchUp(store, lease.id, swept_answer)

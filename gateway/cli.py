@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from . import endpoint_commands
 from .commands import (
     cmd_audit,
     cmd_audit_verify,
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--team", help=team_help)
     imported.add_argument("--reason")
     imported.set_defaults(func=cmd_suppression_import)
+    endpoint_commands.add_parser(commands, common)
     return parser
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .handlers import admin, audit, compat, dlr, messages, ops, suppressions, usage, webhooks
+from .handlers import (
+    admin,
+    audit,
+    compat,
+    dlr,
+    endpoints,
+    messages,
+    ops,
+    suppressions,
+    usage,
+    webhooks,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -33,6 +44,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/admin/suppressions/import", suppressions.import_admin)
     app.router.add_put("/admin/suppressions/{number}", suppressions.put_admin)
     app.router.add_delete("/admin/suppressions/{number}", suppressions.delete_admin)
+    app.router.add_post("/webhook-endpoints", endpoints.create)
+    app.router.add_get("/webhook-endpoints", endpoints.list_all, allow_head=False)
+    app.router.add_get("/webhook-endpoints/{id}", endpoints.get_one, allow_head=False)
+    app.router.add_patch("/webhook-endpoints/{id}", endpoints.update)
+    app.router.add_delete("/webhook-endpoints/{id}", endpoints.delete)
+    app.router.add_post("/webhook-endpoints/{id}/rotate-secret", endpoints.rotate)
+    app.router.add_post("/webhook-endpoints/{id}/recover", endpoints.recover)
+    app.router.add_get("/admin/webhooks/{id}/attempts", webhooks.list_attempts, allow_head=False)
     app.router.add_get("/dlr/{token}", dlr.receive, allow_head=False)
     app.router.add_post("/dlr/{token}", dlr.receive)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -435,3 +436,70 @@ def test_an_unreachable_postgresql_is_one_line_without_its_password(tmp_path: Pa
     result = run(tmp_path, "team", "list", env=env_for(tmp_path, GATEWAY_DATABASE=url), ok=False)
     assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
     assert "cannot open database" in result.stderr and "hunter2-secret" not in result.stderr
+
+
+def test_webhook_endpoints_from_the_command_line(tmp_path: Path) -> None:
+    env = env_for(tmp_path, GATEWAY_SECRET_KEY="cli-sealing-key-" + "7" * 32)
+    run(tmp_path, "team", "create", "payments", env=env)
+    added = json.loads(
+        run(
+            tmp_path,
+            "endpoint",
+            "add",
+            "payments",
+            "https://ops.internal/sms-failures",
+            "--events",
+            "message.failed,message.undelivered",
+            "--description",
+            "ops",
+            env=env,
+        ).stdout
+    )
+    assert added["secret"].startswith("whsec_") and added["events"] == [
+        "message.failed",
+        "message.undelivered",
+    ]
+    listed = json.loads(run(tmp_path, "endpoint", "list", "--team", "payments", env=env).stdout)
+    assert [e["id"] for e in listed] == [added["id"]] and "secret" not in listed[0]
+    bad = run(
+        tmp_path,
+        "endpoint",
+        "add",
+        "payments",
+        "https://x.internal",
+        "--events",
+        "nope",
+        env=env,
+        ok=False,
+    )
+    assert bad.returncode == 2 and "--events" in bad.stderr
+    disabled = json.loads(run(tmp_path, "endpoint", "disable", added["id"], env=env).stdout)
+    assert disabled["enabled"] is False and disabled["disabled_reason"] == "operator"
+    # a delivery that failed before: recover queues it again (and enables the endpoint)
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        db.execute(
+            "INSERT INTO webhooks (id, team_id, type, url, payload, status, attempts,"
+            " created_at, endpoint_id) VALUES ('whk_01M917A0000000000000000000', 'payments',"
+            " 'message.failed', 'https://ops.internal/sms-failures', '{}', 'failed', 10,"
+            " '2026-12-01T10:00:00.000Z', ?)",
+            (added["id"],),
+        )
+    out = run(tmp_path, "endpoint", "recover", added["id"], "--since", "2026-01-01", env=env)
+    assert out.stdout.startswith("1 failed deliveries queued again")
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        assert db.execute("SELECT status, attempts FROM webhooks").fetchall() == [("pending", 0)]
+    enabled = json.loads(run(tmp_path, "endpoint", "enable", added["id"], env=env).stdout)
+    assert enabled["enabled"] is True
+    rotated = json.loads(run(tmp_path, "endpoint", "rotate", added["id"], env=env).stdout)
+    assert rotated["secret"] != added["secret"] and rotated["previous_secret_valid_until"]
+    run(tmp_path, "endpoint", "remove", added["id"], env=env)
+    gone = run(tmp_path, "endpoint", "remove", added["id"], env=env, ok=False)
+    assert gone.returncode == 2 and "no webhook endpoint" in gone.stderr
+    actions = json.loads(run(tmp_path, "audit", "--json", env=env).stdout)
+    assert [a["action"] for a in actions if a["target"] == added["id"]][::-1] == [
+        "webhook_endpoint.created",
+        "webhook_endpoint.disabled",
+        "webhook_endpoint.recovered",
+        "webhook_endpoint.secret_rotated",
+        "webhook_endpoint.deleted",
+    ]

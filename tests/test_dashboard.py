@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from standardwebhooks.webhooks import Webhook
 
 from gateway.platform.settings import Settings
 
@@ -450,3 +451,49 @@ async def test_suppressions_senders_and_test_sends_from_the_dashboard(
     rows = await shown.page.locator("table.list tbody tr").all_inner_texts()
     assert len(rows) == 2 and all("TEST" in r.upper() for r in rows)
     assert len(provider.calls) == 1
+
+
+async def test_webhook_endpoints_from_the_team_page(
+    browser: tuple[Browser, Client], receiver: Receiver, provider: FakeProvider
+) -> None:
+    shown, client = browser
+    await create_team(client, "payments")
+    receiver.failures, receiver.status_when_failing = 1, 410  # gone, once
+    await shown.sign_in(mint("ops-dana", "admin"))
+    await shown.goto("/dashboard/teams/payments")
+    await shown.page.fill("#endpoints input[name=url]", receiver.url)
+    await shown.page.click("#endpoints >> text=Add endpoint")
+    assert "Secret of endpoint wep_" in await shown.page.inner_text(".secret")
+    secret = (await shown.page.inner_text("#webhook-secret")).strip()
+    [endpoint] = (await (await client.get("/webhook-endpoints", headers=ADMIN)).json())["data"]
+    sent = await send(client, "payments", ["0788000013"])  # message.failed: answered 410
+    await receiver.wait_for(1)
+    async with asyncio.timeout(10):
+        while (
+            await (await client.get(f"/webhook-endpoints/{endpoint['id']}", headers=ADMIN)).json()
+        )["enabled"]:
+            await asyncio.sleep(0.05)
+    await shown.goto("/dashboard/teams/payments")
+    row = shown.page.locator(f"#{endpoint['id']}")
+    assert "disabled" in await row.inner_text() and "410" in await row.inner_text()
+    await row.locator("text=Enable").click()
+    assert "enabled" in await shown.page.inner_text(".notice")
+    await shown.page.locator(f"#{endpoint['id']} >> text=Recover").click()
+    assert "1 failed deliveries" in await shown.page.inner_text(".notice")
+    await receiver.wait_for(2)
+    headers, body = receiver.received[1]
+    assert Webhook(secret).verify(body, headers)["data"]["id"] == sent["messages"][0]["id"]
+    async with asyncio.timeout(10):
+        while True:
+            await shown.goto(f"/dashboard/messages/{sent['messages'][0]['id']}")
+            log = await shown.page.locator("table.attempt-log tbody tr").all_inner_texts()
+            if len(log) == 2:
+                break
+            await asyncio.sleep(0.1)
+    assert "410" in log[0] and "204" in log[1]
+    page = await (await client.get("/admin/audit?actor=ops-dana", headers=ADMIN)).json()
+    assert [e["action"] for e in page["data"]][:3] == [
+        "webhook_endpoint.recovered",
+        "webhook_endpoint.enabled",
+        "webhook_endpoint.created",
+    ]

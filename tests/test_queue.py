@@ -428,7 +428,11 @@ async def test_queue_shows_in_metrics_and_list(
     assert "gateway_queue_oldest_due_age_seconds 0.0" in text
     await eventually(lambda: asyncio.sleep(0, bool(provider.calls)))
     await asyncio.sleep(1.0)
-    text = await (await client.get("/metrics")).text()
+    for _ in range(50):  # (a scrape while the dispatcher tries them again sees them sending)
+        text = await (await client.get("/metrics")).text()
+        if 'gateway_queue_depth{status="queued"} 2.0' in text:
+            break
+        await asyncio.sleep(0.05)
     assert 'gateway_queue_depth{status="queued"} 2.0' in text
     age = next(
         float(line.split()[-1])

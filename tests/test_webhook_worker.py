@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.delivery.callbacks import policy
-from gateway.delivery.webhooks import WebhookWorker
+from gateway.delivery.webhooks import WebhookWorker, next_wait, retry_after_seconds
 from gateway.platform.clock import iso, utcnow
 from gateway.store.db import Row, Statement, Tx, Write
 from gateway.store.outbox import NewWebhook, insert_webhook
@@ -159,3 +159,28 @@ async def delivered(store: SqliteStore) -> int:
     row = await store.fetchone("SELECT COUNT(*) AS n FROM webhooks WHERE status = 'delivered'")
     assert row is not None
     return int(row["n"])
+
+
+def test_each_retry_waits_its_step_and_up_to_a_tenth_more() -> None:
+    schedule = (0.0, 5.0, 300.0)
+    assert next_wait(schedule, 1, None, 0.0) == 5.0
+    assert next_wait(schedule, 1, None, 1.0) == pytest.approx(5.5)
+    waits = {next_wait(schedule, 2, None, j / 10) or 0.0 for j in range(11)}
+    assert len(waits) == 11 and min(waits) == 300.0 and max(waits) == pytest.approx(330.0)
+    assert next_wait(schedule, 3, None, 0.5) is None  # the schedule is over: failed
+
+
+def test_retry_after_is_honoured_up_to_twice_the_next_step() -> None:
+    schedule = (0.0, 5.0, 300.0)
+    assert next_wait(schedule, 1, 3.0, 0.0) == 3.0  # sooner than the step, as the receiver says
+    assert next_wait(schedule, 1, 8.0, 0.0) == 8.0
+    assert next_wait(schedule, 1, 3600.0, 0.0) == 10.0  # capped at twice the step
+    assert next_wait(schedule, 1, 3.0, 1.0) == pytest.approx(3.3)  # never sooner than asked
+    now = 1_780_000_000.0
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 7 ", now) == 7.0
+    date = "Thu, 28 May 2026 20:27:20 GMT"  # 1_780_000_040: 40 s after `now`
+    assert retry_after_seconds(date, now) == pytest.approx(40.0)
+    assert retry_after_seconds(date, now + 100) == 0.0
+    for bad in (None, "", "soon", "-5", "1.5", "Thu, 99 Foo 2026"):
+        assert retry_after_seconds(bad, now) is None

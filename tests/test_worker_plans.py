@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.store import keys, leases, outbox, queue, retention
+from gateway.store import endpoints, keys, leases, outbox, queue, retention
 from gateway.store.db import Sql, Statement
 from gateway.store.postgres import PostgresStore, postgres_sql
 from gateway.store.reads import ListFilter, list_query
@@ -50,9 +50,19 @@ STATEMENTS: list[tuple[str, Statement, tuple[Any, ...], str | None]] = [
             NOW,
             "whk_00000000000000001999",
             "prc_x",
+            12,
+            "busy",
         ),
         None,
     ),
+    (
+        "webhook fan-out",
+        outbox._FAN_OUT,
+        ("whk_1", "msg_1", "team0", "message.delivered", "{}", 0.0, NOW, None),
+        None,
+    ),
+    ("endpoint recover", endpoints._RECOVER, ("wep_1", "whk_0", NOW), "webhooks_endpoint"),
+    ("endpoint fail pending", endpoints._FAIL_PENDING, ("gone", "wep_1"), "webhooks_endpoint"),
     ("report insert", outbox.INSERT_REPORT, (BATCH, "9999999", "250788000001", "D", NOW), None),
     ("report pending", outbox.PENDING_REPORTS, (BATCH,), "dlr_reports_pending"),
     ("report message", outbox.REPORTED_MESSAGE, (BATCH, "500123"), "messages_batch_provider"),
@@ -63,6 +73,7 @@ STATEMENTS: list[tuple[str, Statement, tuple[Any, ...], str | None]] = [
     ("queue any expiring", queue._ANY_EXPIRING, (), "messages_expiring"),
     ("queue depth", queue._DEPTH, (), None),
     ("queue oldest", queue._OLDEST, (), "messages_waiting_due"),
+    ("queue stats", queue._STATS, (), None),
     ("sweep messages", leases._INTERRUPT, (NOW,), "messages_sending"),
     ("sweep webhooks", leases._UNCLAIM, (), "webhooks_claimed"),
     ("sweep keys", leases._ORPHAN_KEYS, (), "idempotency_in_flight"),

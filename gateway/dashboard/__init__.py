@@ -14,6 +14,7 @@ from aiohttp_session import session_middleware
 
 from ..keys import SETTINGS, STORE, TIMEZONE
 from . import audit as audit_views
+from . import endpoints as endpoint_views
 from . import messages as message_views
 from . import suppressions as suppression_views
 from . import teams as team_views
@@ -63,6 +64,11 @@ def dashboard_app(parent: web.Application) -> web.Application:
     r.add_get("/teams/{id}", team_views.team, name="team")
     r.add_post("/teams/{id}", team_views.update_team)
     r.add_post("/teams/{id}/webhook-secret", team_views.rotate_secret, name="rotate")
+    r.add_post("/teams/{id}/endpoints", endpoint_views.create, name="endpoints")
+    r.add_post("/endpoints/{id}/enable", endpoint_views.enable, name="endpoint_enable")
+    r.add_post("/endpoints/{id}/recover", endpoint_views.recover, name="endpoint_recover")
+    r.add_post("/endpoints/{id}/rotate", endpoint_views.rotate, name="endpoint_rotate")
+    r.add_post("/endpoints/{id}/delete", endpoint_views.delete, name="endpoint_delete")
     r.add_get("/messages", message_views.messages, name="messages")
     r.add_get("/messages/{id}", message_views.message, name="message")
     r.add_get("/webhooks", message_views.webhooks, name="webhooks")

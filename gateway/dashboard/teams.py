@@ -13,6 +13,7 @@ from ..platform.clock import next_month, periods
 from ..sending.validation import callback_guard
 from ..store import alerts as store_alerts
 from ..store import dashboard as store_dashboard
+from ..store import endpoints as store_endpoints
 from ..store import teams as store_teams
 from ..store.audit import AuditFilter, entries
 from ..store.usage import period_usage
@@ -120,19 +121,23 @@ async def create_team(request: web.Request) -> web.Response:
         return await render_page(
             request, "teams.html", {"rows": rows, "form": fields, "error": error}, status=422
         )
-    return await _team_page(request, team.id, secret=team.webhook_secret, notice="Team created.")
+    return await team_page(request, team.id, secret=team.webhook_secret, notice="Team created.")
 
 
-async def _team_page(
+async def team_page(
     request: web.Request,
     team_id: str,
     *,
     secret: str | None = None,
+    secret_of: str | None = None,
     notice: str | None = None,
     error: str | None = None,
+    endpoint_error: str | None = None,
     form: dict[str, str] | None = None,
     status: int = 200,
 ) -> web.Response:
+    """A team's page; `secret`: a new secret to show once (the team's, or endpoint
+    `secret_of`'s)."""
     app = request.config_dict
     store, tz = app[STORE], app[TIMEZONE]
     if not TEAM_ID.fullmatch(team_id):
@@ -166,6 +171,19 @@ async def _team_page(
         "alerts": await store_alerts.fired(store, month, next_month(month), team.id),
         "history": await entries(store, AuditFilter(team=team.id), 20),
         "secret": secret,
+        "secret_of": secret_of,
+        "endpoints": await store_endpoints.page(
+            store, team.id, None, store_endpoints.MAX_ENDPOINTS
+        ),
+        "event_types": store_endpoints.EVENT_TYPES,
+        "reasons": {
+            "gone": "it answered 410 Gone",
+            "failing": "every attempt failed for too long",
+            "operator": "disabled by hand",
+            None: "disabled",
+        },
+        "since": (now - timedelta(days=1)).astimezone(tz).strftime("%Y-%m-%dT%H:%M"),
+        "endpoint_error": endpoint_error,
         "notice": notice,
         "error": error,
         "form": form
@@ -186,7 +204,7 @@ def _form_value(value: Any) -> str:
 @require_session
 async def team(request: web.Request) -> web.Response:
     """One team: use, daily chart, and its forms."""
-    return await _team_page(request, request.match_info["id"])
+    return await team_page(request, request.match_info["id"])
 
 
 async def update_team(request: web.Request) -> web.Response:
@@ -211,7 +229,7 @@ async def update_team(request: web.Request) -> web.Response:
         except GatewayError as exc:
             error = exc.detail
     if error is not None:
-        return await _team_page(request, team_id, error=error, form=fields, status=422)
+        return await team_page(request, team_id, error=error, form=fields, status=422)
     raise web.HTTPSeeOther(request.app.router["team"].url_for(id=team_id))
 
 
@@ -226,6 +244,6 @@ async def rotate_secret(request: web.Request) -> web.Response:
         app[STORE], team_id, actor=await operator(request)
     )
     app[TEAMS].forget(team_id)
-    return await _team_page(
+    return await team_page(
         request, team_id, secret=rotated.webhook_secret, notice="Webhook secret rotated."
     )

@@ -10,7 +10,13 @@ from ..platform import tracing
 from ..platform.clock import parse_iso
 from ..platform.ids import ulid
 from ..store.db import Row, Tx
-from ..store.outbox import NewWebhook, insert_webhook, message_trace, team_callback_url
+from ..store.outbox import (
+    NewWebhook,
+    insert_event,
+    insert_webhook,
+    message_trace,
+    team_callback_url,
+)
 
 WEBHOOK_EVENTS = frozenset({"delivered", "undelivered", "failed", "expired", "canceled"})
 
@@ -31,23 +37,21 @@ async def queue_webhook(
     delay: float,
     team_urls: dict[str, str | None],
 ) -> int:
-    """Queue the webhook for one message (as the API shows it) if its state calls for one and
-    it has a URL (its own, else its team's; `team_urls` caches the teams'); 1 if queued."""
+    """Queue the webhook for one message (as the API shows it) if its state calls for one: to
+    its URL (its own, else its team's; `team_urls` caches the teams') and to each of the team's
+    endpoints that wants the event; how many deliveries were queued."""
     if message["status"] not in WEBHOOK_EVENTS:
         return 0
     if team_id not in team_urls:
         team_urls[team_id] = await team_callback_url(tx, team_id)
-    url = callback_url or team_urls[team_id]
-    if not url:
-        return 0
+    url = callback_url or team_urls[team_id] or ""
     event, payload = webhook_payload(message, at)
     hook_id = "whk_" + ulid(parse_iso(at))
     trace = await _trace(tx, message["id"]) if tracing.active() else None
     delivery = NewWebhook(
         hook_id, message["id"], team_id, event, url, payload, delay, at, trace=trace
     )
-    await insert_webhook(tx, delivery)
-    return 1
+    return await insert_event(tx, delivery)
 
 
 async def queue_client_dlr(

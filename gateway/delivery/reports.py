@@ -171,8 +171,8 @@ async def _queue_for(tx: Tx, finished: list[tuple[Any, Arrival]]) -> None:
     hooks: list[NewWebhook] = []
     for row, arrival in finished:
         message = resource(row)
-        url = row["callback_url"] or urls.get(row["team_id"])
-        if url and message["status"] in WEBHOOK_EVENTS:
+        url = row["callback_url"] or urls.get(row["team_id"]) or ""
+        if message["status"] in WEBHOOK_EVENTS:
             event, payload = webhook_payload(message, arrival.at)
             trace = (row["trace"] or tracing.traceparent()) if tracing.active() else None
             hooks.append(
@@ -192,8 +192,7 @@ async def _queue_for(tx: Tx, finished: list[tuple[Any, Arrival]]) -> None:
             status = FINAL_STATES[arrival.report.state]
             await queue_client_dlr(tx, row, arrival.report.state, status, arrival.at, arrival.delay)
             await outbox.forget_client_dlr(tx, row["id"])
-    if hooks:
-        await outbox.insert_webhooks(tx, hooks)
+    await outbox.insert_events(tx, hooks)
 
 
 MAX_GROUP = 128  # reports in one transaction

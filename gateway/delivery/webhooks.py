@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -23,8 +25,14 @@ from ..platform.clock import Clock
 from ..platform.metrics import Metrics
 from ..platform.secretbox import SecretBox
 from ..provider.proxies import Proxies
-from ..store import Store
-from ..store.outbox import DueWebhook, claim_due_webhooks, next_due_in, record_attempt
+from ..store import Store, endpoints
+from ..store.outbox import (
+    Attempt,
+    DueWebhook,
+    claim_due_webhooks,
+    next_due_in,
+    record_attempt,
+)
 from .callbacks import CallbackPolicy, CallbackRefused
 
 log = logging.getLogger("gateway.webhooks")
@@ -50,15 +58,54 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, webhook_id: str, body: bytes, timestamp: int) -> dict[str, str]:
-    """The headers of one delivery attempt."""
+def signed_headers(
+    secret: str | Sequence[str], webhook_id: str, body: bytes, timestamp: int
+) -> dict[str, str]:
+    """The headers of one delivery attempt; with several secrets (a rotation's overlap), one
+    signature each, space-separated, as the Standard Webhooks spec provides."""
+    secrets = [secret] if isinstance(secret, str) else list(secret)
     return {
         "Content-Type": "application/json",
         "User-Agent": "sms-gateway-webhooks",
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+        "webhook-signature": " ".join(sign(s, webhook_id, timestamp, body) for s in secrets),
     }
+
+
+RESPONSE_KEPT = 1024  # bytes of an answer the attempt log keeps
+JITTER = 0.1  # a retry waits up to this fraction longer than its step, so retries spread out
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A Retry-After header's wait in seconds (delta-seconds or an HTTP-date), None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def next_wait(
+    schedule: Sequence[float], attempt: int, retry_after: float | None, jitter: float
+) -> float | None:
+    """Seconds until the next attempt after attempt number `attempt` (None: no more): the
+    schedule's next step, or the receiver's Retry-After capped at twice that step, then up to
+    JITTER longer (`jitter`, 0-1, picks how much)."""
+    if attempt >= len(schedule):
+        return None
+    step = schedule[attempt]
+    wait = step if retry_after is None else min(retry_after, 2 * step)
+    return wait * (1 + JITTER * jitter)
 
 
 class WebhookWorker:
@@ -78,9 +125,13 @@ class WebhookWorker:
         concurrency: int = 16,
         metrics: Metrics | None = None,
         operator_secret: str | None = None,
+        operator_url: str | None = None,
+        disable_after: float = 5 * 86400.0,
     ) -> None:
         self._owner = owner
         self._operator_secret = operator_secret
+        self._operator_url = operator_url
+        self._disable_after = disable_after
         self._guard = guard
         self._proxies = proxies or Proxies()
         self._box = box
@@ -194,39 +245,47 @@ class WebhookWorker:
                 **via,
             )
         body = hook.payload.encode()
-        secret = hook.secret
+        secrets: Sequence[str] = (hook.secret,)
         if hook.kind == "operator":  # a usage alert to GATEWAY_OPERATOR_WEBHOOK_URL
             if not self._operator_secret:
                 raise CallbackRefused("this replica has no GATEWAY_OPERATOR_WEBHOOK_SECRET")
-            secret = self._operator_secret
-        headers = {**signed_headers(secret, hook.id, body, int(time.time())), **extra_headers}
+            secrets = (self._operator_secret,)
+        elif hook.endpoint_id is not None:
+            secrets = self._endpoint_secrets(hook)
+        headers = {**signed_headers(secrets, hook.id, body, int(time.time())), **extra_headers}
         tracing.inject(headers)  # the receiver continues the trace of the send
         return self._session.post(
             url, data=body, headers=headers, allow_redirects=False, timeout=timeout, **via
         )
 
-    async def _record(
-        self,
-        hook: DueWebhook,
-        delivered: bool,
-        http_status: int | None,
-        error: str | None,
-        retry_in: float | None,
-    ) -> bool:
+    def _endpoint_secrets(self, hook: DueWebhook) -> tuple[str, ...]:
+        """An endpoint's secrets, opened: its own, then the previous one during an overlap."""
+        assert hook.endpoint_id is not None
+        context = endpoints.seal_context(hook.endpoint_id)
+        opened = [self._box.open(s, context) if self._box else None for s in hook.sealed_secrets]
+        if not opened or opened[0] is None:
+            raise CallbackRefused(
+                "the endpoint's secret cannot be opened with this replica's GATEWAY_SECRET_KEY"
+            )
+        return tuple(s for s in opened if s is not None)
+
+    async def _record(self, hook: DueWebhook, attempt: Attempt) -> bool:
         """Store the attempt, retrying while the claim lasts; whether it was stored."""
         delay, deadline = 0.2, time.monotonic() + CLAIM_SECONDS / 2
         while True:
             try:
-                return await record_attempt(
-                    self._store,
-                    hook.id,
-                    self._owner,
-                    at=self._clock(),
-                    delivered=delivered,
-                    http_status=http_status,
-                    error=error,
-                    retry_in=None if delivered else retry_in,
-                )
+                if hook.endpoint_id is not None:
+                    return await endpoints.record_attempt(
+                        self._store,
+                        hook.id,
+                        self._owner,
+                        hook.endpoint_id,
+                        attempt,
+                        gone=attempt.http_status == 410,
+                        disable_after=self._disable_after,
+                        operator_url=self._operator_url,
+                    )
+                return await record_attempt(self._store, hook.id, self._owner, attempt)
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     log.warning("webhook %s: could not record its attempt: %s", hook.id, exc)
@@ -237,14 +296,21 @@ class WebhookWorker:
     async def _attempt(self, hook: DueWebhook) -> None:
         http_status: int | None = None
         error: str | None = None
+        answer: bytes = b""
+        retry_after: float | None = None
         refusal = self._guard.url_refusal(hook.url)  # names are checked by the resolver
+        started = time.monotonic()
         with _span(hook) as current:
             try:
                 if refusal is not None:
                     raise CallbackRefused(f"the URL {refusal}")
                 async with self._request(hook) as resp:
                     http_status = resp.status
-                    await resp.content.read(64 * 1024)  # drain a little; the body is not used
+                    answer = await resp.content.read(64 * 1024)  # drain a little
+                    if http_status in RETRY_AFTER_STATUSES:
+                        retry_after = retry_after_seconds(
+                            resp.headers.get("Retry-After"), time.time()
+                        )
                 if not 200 <= http_status < 300:
                     error = f"the receiver answered HTTP {http_status}"
             except TimeoutError:
@@ -265,12 +331,23 @@ class WebhookWorker:
                     current.set_attribute("http.response.status_code", http_status)
                 if error is not None:
                     tracing.failed(current, error)
-        attempt = hook.attempts + 1
-        retry_in = self._schedule[attempt] if attempt < len(self._schedule) else None
+        number = hook.attempts + 1
         delivered = error is None
+        retry_in = None  # delivered, or 410 Gone: the receiver asks for no more
+        if not delivered and http_status != 410:
+            retry_in = next_wait(self._schedule, number, retry_after, random.random())
+        attempt = Attempt(
+            self._clock(),
+            delivered,
+            http_status,
+            error,
+            retry_in,
+            round((time.monotonic() - started) * 1000),
+            answer[:RESPONSE_KEPT].decode("utf-8", errors="replace") if http_status else None,
+        )
         if not delivered:
-            log.info("webhook %s attempt %d failed: %s", hook.id, attempt, error)
-        if not await self._record(hook, delivered, http_status, error, retry_in):
+            log.info("webhook %s attempt %d failed: %s", hook.id, number, error)
+        if not await self._record(hook, attempt):
             return
         if self._metrics is not None:  # counted once stored, so a scrape agrees with the table
             result = "delivered" if delivered else ("retry" if retry_in is not None else "failed")

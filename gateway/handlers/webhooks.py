@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..errors import NotFound
 from ..keys import STORE, WORKER
+from ..store import endpoints
 from ..store.outbox import list_reports, list_webhooks, retry_webhook
 from .common import actor_of, admin, bad_param, json_response, query_limit
 
@@ -46,6 +47,17 @@ async def retry_hook(request: web.Request) -> web.Response:
         raise NotFound(f"no webhook {request.match_info['id']!r}", code="webhook_not_found")
     request.app[WORKER].wake()
     return json_response(hook, status=202)
+
+
+async def list_attempts(request: web.Request) -> web.Response:
+    """A delivery's attempts, oldest first: when, the HTTP status or the error, how long, and
+    the start of the receiver's answer."""
+    await admin(request)
+    hook_id = request.match_info["id"]
+    store = request.app[STORE]
+    if await store.fetchone("SELECT 1 FROM webhooks WHERE id = ?", (hook_id,)) is None:
+        raise NotFound(f"no webhook {hook_id!r}", code="webhook_not_found")
+    return json_response({"data": await endpoints.attempts(store, hook_id)})
 
 
 async def list_dlr_reports(request: web.Request) -> web.Response:

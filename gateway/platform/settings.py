@@ -72,6 +72,8 @@ class Settings:
     timezone: str = "Africa/Kigali"
     price_per_segment: int = 75
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_disable_after: float = 5 * 86400.0  # an endpoint failing this long is disabled
+    webhook_secret_overlap: float = 86400.0  # a rotated endpoint secret still signs this long
     sandbox: bool = False
     default_region: str = "RW"
     allowed_regions: tuple[str, ...] = ("RW",)
@@ -208,6 +210,11 @@ class Settings:
             raise ConfigError(
                 "GATEWAY_LEASE_SECONDS must be between 1 and 50 (a dead process's sends are "
                 "swept within a minute)"
+            )
+        if self.webhook_disable_after <= 0 or self.webhook_secret_overlap < 0:
+            raise ConfigError(
+                "GATEWAY_WEBHOOK_DISABLE_AFTER must be positive and "
+                "GATEWAY_WEBHOOK_SECRET_OVERLAP not negative (seconds)"
             )
         if self.database_busy_timeout <= 0:
             raise ConfigError("GATEWAY_DATABASE_BUSY_TIMEOUT must be positive")
@@ -346,6 +353,8 @@ def _convert(raw: Mapping[str, Any]) -> dict[str, Any]:
             "lease_seconds",
             "database_busy_timeout",
             "max_clock_offset",
+            "webhook_disable_after",
+            "webhook_secret_overlap",
         ):
             out[key] = _as_number(key, value, float)
         elif key in ("sandbox", "tracing"):

@@ -15,7 +15,7 @@ from typing import Any
 from ..platform.clock import parse_iso
 from ..platform.ids import ulid
 from .db import Store, Tx
-from .outbox import NewWebhook, insert_webhook
+from .outbox import NewWebhook, insert_event, insert_webhook
 from .shared import with_clock
 
 THRESHOLD_REACHED = "usage.threshold_reached"
@@ -86,12 +86,18 @@ async def fire(tx: Tx, alert: Alert, team_url: str | None, operator_url: str | N
         return False
     at = row["at"]
     body = payload(alert, at)
-    for url, kind in ((team_url, "webhook"), (operator_url, "operator")):
-        if url:
-            hook_id = "whk_" + ulid(parse_iso(at))
-            await insert_webhook(
-                tx, NewWebhook(hook_id, None, alert.team_id, alert.type, url, body, 0, at, kind)
-            )
+    hook_id = "whk_" + ulid(parse_iso(at))
+    await insert_event(
+        tx, NewWebhook(hook_id, None, alert.team_id, alert.type, team_url or "", body, 0, at)
+    )
+    if operator_url:
+        hook_id = "whk_" + ulid(parse_iso(at))
+        await insert_webhook(
+            tx,
+            NewWebhook(
+                hook_id, None, alert.team_id, alert.type, operator_url, body, 0, at, "operator"
+            ),
+        )
     return True
 
 

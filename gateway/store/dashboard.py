@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Store
+from .endpoints import attempt_object
 from .outbox import webhook_resource
 from .reads import ListFilter, list_query
 from .rows import resource
@@ -98,11 +99,19 @@ async def find_message(store: Store, message_id: str) -> tuple[str, dict[str, An
 
 
 async def message_webhooks(store: Store, message_id: str) -> list[dict[str, Any]]:
-    """The deliveries queued for one message, oldest first."""
+    """The deliveries queued for one message, oldest first, each with its attempt log (`log`)."""
     rows = await store.fetchall(
         "SELECT * FROM webhooks WHERE message_id = ? ORDER BY id", (message_id,)
     )
-    return [webhook_resource(r) for r in rows]
+    attempts = await store.fetchall(
+        "SELECT a.* FROM webhook_attempts a JOIN webhooks w ON w.id = a.webhook_id"
+        " WHERE w.message_id = ? ORDER BY a.id",
+        (message_id,),
+    )
+    logs: dict[str, list[dict[str, Any]]] = {}
+    for a in attempts:
+        logs.setdefault(a["webhook_id"], []).append(attempt_object(a))
+    return [{**webhook_resource(r), "log": logs.get(r["id"], [])} for r in rows]
 
 
 async def list_messages(

@@ -15,4 +15,4 @@ class Migration(NamedTuple):
     postgresql: str
 
 
-MIGRATIONS = tuple(Migration(f"schema_{n}.sql", f"postgres_{n}.sql") for n in range(1, 17))
+MIGRATIONS = tuple(Migration(f"schema_{n}.sql", f"postgres_{n}.sql") for n in range(1, 18))

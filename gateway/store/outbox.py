@@ -11,7 +11,7 @@ from ..platform.clock import iso, parse_iso
 from . import audit
 from .audit import GATEWAY, Actor
 from .db import Row, Sql, Store, Tx
-from .shared import append_event, now_plus, with_clock
+from .shared import append_event, now_plus, where, with_clock
 
 
 async def team_callback_url(tx: Tx, team_id: str) -> str | None:
@@ -42,6 +42,52 @@ _INSERT = with_clock(
     " {due}, ?8, ?9, ?10)",
     due=now_plus("?7"),
 )
+
+
+# The same event to each of the team's enabled endpoints that wants its type (schema 17): one
+# delivery an endpoint, its id the event's then the endpoint's, so each goes once to each.
+_FAN_OUT = with_clock(
+    "INSERT INTO webhooks (id, message_id, team_id, type, url, payload, status,"
+    " next_attempt_at, created_at, kind, trace, endpoint_id)"
+    " SELECT ?1 || '_' || substr(e.id, 5), ?2, ?3, ?4, e.url, ?5, 'pending', {due}, ?7,"
+    " 'webhook', ?8, e.id FROM webhook_endpoints e"
+    " WHERE e.team_id = ?3 AND e.enabled = 1 AND {wants}",
+    due=now_plus("?6"),
+    wants=Sql(
+        "EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = ?4)",
+        "jsonb_exists(e.events::jsonb, ?4)",
+    ),
+)
+
+
+def _fan_out_params(hook: NewWebhook) -> tuple[Any, ...]:
+    return (
+        hook.id,
+        hook.message_id,
+        hook.team_id,
+        hook.type,
+        hook.payload,
+        float(hook.delay),
+        hook.created_at,
+        hook.trace,
+    )
+
+
+async def insert_event(tx: Tx, hook: NewWebhook) -> int:
+    """Queue a team's event: to `hook.url` if it has one (a send's or the team's callback_url),
+    and to each of the team's endpoints that wants its type; how many deliveries that made."""
+    queued = 0
+    if hook.url:
+        await insert_webhook(tx, hook)
+        queued = 1
+    return queued + await tx.execute(_FAN_OUT, _fan_out_params(hook))
+
+
+async def insert_events(tx: Tx, hooks: list[NewWebhook]) -> None:
+    """insert_event for several events (each statement pipelined)."""
+    await insert_webhooks(tx, [h for h in hooks if h.url])
+    if hooks:
+        await tx.executemany(_FAN_OUT, [_fan_out_params(h) for h in hooks])
 
 
 async def insert_webhook(tx: Tx, hook: NewWebhook) -> None:
@@ -204,6 +250,10 @@ class DueWebhook:
     secret: str
     kind: str  # webhook (signed POST) | dlr (provider-format GET)
     trace: str | None = None  # the traceparent its attempt continues
+    endpoint_id: str | None = None  # a delivery to one of the team's endpoints (schema 17)
+    # An endpoint's secrets, sealed: its own, then the one before a rotation while it is valid
+    sealed_secrets: tuple[str, ...] = ()
+    type: str = ""  # the event type
 
 
 # Replicas claim different rows at once: PostgreSQL skips the rows another claim has locked.
@@ -212,9 +262,14 @@ class DueWebhook:
 _CLAIM = with_clock(
     "UPDATE webhooks SET claimed_by = ?1, claim_until = {until} WHERE id IN ("
     " SELECT id FROM webhooks WHERE status = 'pending' AND next_attempt_at <= {now}"
-    " AND (claim_until IS NULL OR claim_until < {now}) ORDER BY next_attempt_at LIMIT ?3{lock})"
-    " RETURNING id, url, payload, attempts, kind, next_attempt_at, trace,"
-    " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret",
+    " AND (claim_until IS NULL OR claim_until < {now}) ORDER BY next_attempt_at, id"
+    " LIMIT ?3{lock})"
+    " RETURNING id, url, payload, attempts, kind, next_attempt_at, trace, type, endpoint_id,"
+    " (SELECT webhook_secret FROM teams WHERE teams.id = webhooks.team_id) AS secret,"
+    " (SELECT e.secret FROM webhook_endpoints e WHERE e.id = webhooks.endpoint_id)"
+    " AS endpoint_secret,"
+    " (SELECT e.previous_secret FROM webhook_endpoints e WHERE e.id = webhooks.endpoint_id"
+    " AND e.previous_until > {now}) AS previous_secret",
     until=now_plus("?2"),
     lock=Sql("", " FOR UPDATE SKIP LOCKED"),
 )
@@ -224,7 +279,16 @@ async def _claim(tx: Tx, owner: str, lease: float, limit: int) -> list[DueWebhoo
     rows = sorted(await tx.fetchall(_CLAIM, (owner, float(lease), limit)), key=_due_order)
     return [
         DueWebhook(
-            r["id"], r["url"], r["payload"], r["attempts"], r["secret"], r["kind"], r["trace"]
+            r["id"],
+            r["url"],
+            r["payload"],
+            r["attempts"],
+            r["secret"],
+            r["kind"],
+            r["trace"],
+            r["endpoint_id"],
+            tuple(s for s in (r["endpoint_secret"], r["previous_secret"]) if s),
+            r["type"],
         )
         for r in rows
     ]
@@ -269,27 +333,47 @@ async def next_due_in(store: Store) -> float | None:
     return (parse_iso(min(times)) - parse_iso(row["now"])).total_seconds()
 
 
-async def record_attempt(
-    store: Store,
-    webhook_id: str,
-    owner: str,
-    *,
-    at: datetime,
-    delivered: bool,
-    http_status: int | None,
-    error: str | None,
-    retry_in: float | None,
-) -> bool:
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt as the worker records it."""
+
+    at: datetime  # stamps the delivery for people to read
+    delivered: bool
+    http_status: int | None
+    error: str | None
+    retry_in: float | None  # seconds to the next attempt (the database's clock); None: no more
+    duration_ms: int | None = None
+    response: str | None = None  # the start of the answer
+
+    def params(self, webhook_id: str, owner: str) -> tuple[Any, ...]:
+        """_RECORD's parameters."""
+        if self.delivered:
+            status = "delivered"
+        elif self.retry_in is not None:
+            status = "pending"
+        else:
+            status = "failed"
+        return (
+            status,
+            float(self.retry_in or 0),
+            self.http_status,
+            self.error,
+            iso(self.at),
+            webhook_id,
+            owner,
+            self.duration_ms,
+            self.response,
+        )
+
+
+async def record_attempt(store: Store | Tx, webhook_id: str, owner: str, attempt: Attempt) -> bool:
     """Record one attempt under this process's claim: delivered, retried `retry_in` seconds
-    from now (the database's clock), or failed for good; False if the claim had lapsed and
-    another took it. `at` stamps the delivery for people to read."""
-    if delivered:
-        status = "delivered"
-    elif retry_in is not None:
-        status = "pending"
-    else:
-        status = "failed"
-    params = (status, float(retry_in or 0), http_status, error, iso(at), webhook_id, owner)
+    from now, or failed for good; False if the claim had lapsed and another took it. The
+    attempt log gets the attempt (its status or error, duration and the start of the answer)
+    from the schema's trigger, in the same statement. On a store, or in the caller's `tx`."""
+    params = attempt.params(webhook_id, owner)
+    if isinstance(store, Tx):
+        return bool(await store.execute(_RECORD, params))
     return bool(await store.run(_RECORD, params))
 
 
@@ -298,6 +382,7 @@ _RECORD = with_clock(
     " next_attempt_at = CASE WHEN ?1 = 'pending' THEN {retry_at} END,"
     " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
     " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
+    " last_attempt_at = {now}, last_duration_ms = ?8, last_response = ?9,"
     # a delivered DLR needs its client's password no more
     " payload = CASE WHEN ?1 = 'delivered' AND kind = 'dlr' THEN {removed}"
     " ELSE payload END WHERE id = ?6 AND claimed_by = ?7",
@@ -315,6 +400,7 @@ def webhook_resource(row: Row) -> dict[str, Any]:
         "message_id": row["message_id"],
         "team": row["team_id"],
         "kind": row["kind"],
+        "endpoint_id": row["endpoint_id"],
         "type": row["type"],
         "url": row["url"],
         "status": row["status"],
@@ -331,15 +417,9 @@ async def list_webhooks(
     store: Store, status: str | None, limit: int, before_id: str | None
 ) -> list[dict[str, Any]]:
     """Webhooks, newest first, optionally of one status; `limit` rows at most."""
-    clauses, params = ["1 = 1"], []
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status)
-    if before_id is not None:
-        clauses.append("id < ?")
-        params.append(before_id)
+    clause, params = where(("status = ?", status), ("id < ?", before_id))
     rows = await store.fetchall(
-        f"SELECT * FROM webhooks WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        f"SELECT * FROM webhooks WHERE {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
         (*params, limit),
     )
     return [webhook_resource(r) for r in rows]

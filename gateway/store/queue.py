@@ -220,13 +220,22 @@ _DEPTH = Sql(
 )
 
 
+# Both in one statement, so they agree: read apart, a batch the dispatcher takes in between (and
+# puts back) could be counted waiting and yet give no oldest due time.
+_STATS = Sql(
+    *(
+        f"SELECT d.queued, d.scheduled, o.due_at, o.now FROM ({depth}) AS d, ({oldest}) AS o"  # noqa: S608 - fixed SQL fragments only
+        for depth, oldest in zip(_DEPTH, _OLDEST, strict=True)
+    )
+)
+
+
 async def stats(store: Store) -> QueueStats:
     """The queue's depth by status, and the oldest due message's due time."""
-    (counts,) = await store.fetchall(_DEPTH)
-    depth = {status: int(counts[status]) for status in WAITING}
-    oldest = await store.fetchone(_OLDEST)
-    assert oldest is not None  # an aggregate always has its row
-    return QueueStats(depth, oldest["due_at"], oldest["now"])
+    row = await store.fetchone(_STATS)
+    assert row is not None  # aggregates always have their row
+    depth = {status: int(row[status]) for status in WAITING}
+    return QueueStats(depth, row["due_at"], row["now"])
 
 
 # Without sqlite_stat1 (the gateway never runs ANALYZE: on a million rows it holds the write lock

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .db import Sql
 
 
@@ -50,3 +52,10 @@ def with_clock(template: str, **fragments: Sql) -> Sql:
         sqlite=template.format(**{k: v.sqlite for k, v in both.items()}),
         postgresql=template.format(**{k: v.postgresql for k, v in both.items()}),
     )
+
+
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """The WHERE clause of the `(SQL with one ?, value)` conditions whose value is not None
+    (`1 = 1` when none is), and its parameters."""
+    kept = [(sql, value) for sql, value in conditions if value is not None]
+    return " AND ".join(sql for sql, _ in kept) or "1 = 1", [value for _, value in kept]
