@@ -42,9 +42,6 @@ async def test_old_rows_go_and_billing_stays(
         assert resp.status == 201
     await provider.settle_reports()
     await receiver.wait_for(10)  # 5 failed + 5 delivered webhooks, delivered
-    async with asyncio.timeout(10):  # each attempt in the attempt log
-        while count(settings.database, "webhook_attempts") != 10:
-            await asyncio.sleep(0.05)
     month = iso(then)[:7]
     billed = await (await old.get(f"/admin/usage?month={month}", headers=ADMIN)).json()
     await old.close()
@@ -60,7 +57,6 @@ async def test_old_rows_go_and_billing_stays(
             await asyncio.sleep(0.05)
     assert count(settings.database, "dlr_reports") == 0
     assert count(settings.database, "webhooks") <= 1  # only the new message's, if any
-    assert count(settings.database, "webhook_attempts") <= 1  # gone with their deliveries
     again = await (await new.get(f"/admin/usage?month={month}", headers=ADMIN)).json()
     assert again == billed and again["totals"]["messages"] == 5  # the refused ones cost nothing
 

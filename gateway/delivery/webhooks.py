@@ -337,6 +337,7 @@ class WebhookWorker:
         if not delivered and http_status != 410:
             retry_in = next_wait(self._schedule, number, retry_after, random.random())
         attempt = Attempt(
+            number,
             self._clock(),
             delivered,
             http_status,

@@ -54,10 +54,10 @@ async def list_attempts(request: web.Request) -> web.Response:
     the start of the receiver's answer."""
     await admin(request)
     hook_id = request.match_info["id"]
-    store = request.app[STORE]
-    if await store.fetchone("SELECT 1 FROM webhooks WHERE id = ?", (hook_id,)) is None:
+    logged = await endpoints.attempts(request.app[STORE], hook_id)
+    if logged is None:
         raise NotFound(f"no webhook {hook_id!r}", code="webhook_not_found")
-    return json_response({"data": await endpoints.attempts(store, hook_id)})
+    return json_response({"data": logged})
 
 
 async def list_dlr_reports(request: web.Request) -> web.Response:

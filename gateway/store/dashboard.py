@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Store
-from .endpoints import attempt_object
+from .endpoints import attempt_log
 from .outbox import webhook_resource
 from .reads import ListFilter, list_query
 from .rows import resource
@@ -103,15 +103,7 @@ async def message_webhooks(store: Store, message_id: str) -> list[dict[str, Any]
     rows = await store.fetchall(
         "SELECT * FROM webhooks WHERE message_id = ? ORDER BY id", (message_id,)
     )
-    attempts = await store.fetchall(
-        "SELECT a.* FROM webhook_attempts a JOIN webhooks w ON w.id = a.webhook_id"
-        " WHERE w.message_id = ? ORDER BY a.id",
-        (message_id,),
-    )
-    logs: dict[str, list[dict[str, Any]]] = {}
-    for a in attempts:
-        logs.setdefault(a["webhook_id"], []).append(attempt_object(a))
-    return [{**webhook_resource(r), "log": logs.get(r["id"], [])} for r in rows]
+    return [{**webhook_resource(r), "log": attempt_log(r)} for r in rows]
 
 
 async def list_messages(

@@ -472,21 +472,15 @@ async def _record_attempt(
     return True
 
 
-async def attempts(store: Store, webhook_id: str) -> list[dict[str, Any]]:
-    """A delivery's attempts, oldest first."""
-    rows = await store.fetchall(
-        "SELECT * FROM webhook_attempts WHERE webhook_id = ? ORDER BY id", (webhook_id,)
-    )
-    return [attempt_object(r) for r in rows]
+async def attempts(store: Store, webhook_id: str) -> list[dict[str, Any]] | None:
+    """A delivery's attempts, oldest first; None if there is no such delivery."""
+    row = await store.fetchone("SELECT attempt_log FROM webhooks WHERE id = ?", (webhook_id,))
+    if row is None:
+        return None
+    return attempt_log(row)
 
 
-def attempt_object(row: Row) -> dict[str, Any]:
-    """One attempt as the API shows it."""
-    return {
-        "attempt": row["attempt"],
-        "at": row["at"],
-        "http_status": row["http_status"],
-        "error": row["error"],
-        "duration_ms": row["duration_ms"],
-        "response": row["response"],
-    }
+def attempt_log(row: Row) -> list[dict[str, Any]]:
+    """A webhooks row's attempts (its `attempt_log`), oldest first."""
+    logged: list[dict[str, Any]] = json.loads(row["attempt_log"]) if row["attempt_log"] else []
+    return logged

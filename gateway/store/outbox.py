@@ -3,6 +3,7 @@ layers above compose (delivery/reports.py, delivery/notify.py), and the worker's
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -337,6 +338,7 @@ async def next_due_in(store: Store) -> float | None:
 class Attempt:
     """One delivery attempt as the worker records it."""
 
+    number: int  # 1, 2, ... (a retry or recover starts again)
     at: datetime  # stamps the delivery for people to read
     delivered: bool
     http_status: int | None
@@ -344,6 +346,17 @@ class Attempt:
     retry_in: float | None  # seconds to the next attempt (the database's clock); None: no more
     duration_ms: int | None = None
     response: str | None = None  # the start of the answer
+
+    def logged(self) -> dict[str, Any]:
+        """The attempt as the attempt log keeps it."""
+        return {
+            "attempt": self.number,
+            "at": iso(self.at),
+            "http_status": self.http_status,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "response": self.response,
+        }
 
     def params(self, webhook_id: str, owner: str) -> tuple[Any, ...]:
         """_RECORD's parameters."""
@@ -361,16 +374,15 @@ class Attempt:
             iso(self.at),
             webhook_id,
             owner,
-            self.duration_ms,
-            self.response,
+            json.dumps(self.logged(), ensure_ascii=False, separators=(",", ":")),
         )
 
 
 async def record_attempt(store: Store | Tx, webhook_id: str, owner: str, attempt: Attempt) -> bool:
     """Record one attempt under this process's claim: delivered, retried `retry_in` seconds
     from now, or failed for good; False if the claim had lapsed and another took it. The
-    attempt log gets the attempt (its status or error, duration and the start of the answer)
-    from the schema's trigger, in the same statement. On a store, or in the caller's `tx`."""
+    attempt is appended to the delivery's attempt log in the same statement. On a store, or in
+    the caller's `tx`."""
     params = attempt.params(webhook_id, owner)
     if isinstance(store, Tx):
         return bool(await store.execute(_RECORD, params))
@@ -382,11 +394,16 @@ _RECORD = with_clock(
     " next_attempt_at = CASE WHEN ?1 = 'pending' THEN {retry_at} END,"
     " last_status = ?3, last_error = ?4, claimed_by = NULL, claim_until = NULL,"
     " delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 ELSE delivered_at END,"
-    " last_attempt_at = {now}, last_duration_ms = ?8, last_response = ?9,"
+    " attempt_log = {logged},"
     # a delivered DLR needs its client's password no more
     " payload = CASE WHEN ?1 = 'delivered' AND kind = 'dlr' THEN {removed}"
     " ELSE payload END WHERE id = ?6 AND claimed_by = ?7",
     retry_at=now_plus("?2"),
+    logged=Sql(
+        "json_insert(COALESCE(attempt_log, '[]'), '$[#]', json(?8))",
+        "CASE WHEN attempt_log IS NULL THEN '[' || ?8 || ']'"
+        " ELSE left(attempt_log, -1) || ',' || ?8 || ']' END",
+    ),
     removed=Sql(
         "json_remove(payload, '$.password_sealed')", "(payload::jsonb - 'password_sealed')::text"
     ),

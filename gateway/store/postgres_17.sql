@@ -1,4 +1,4 @@
--- Version 17 (PostgreSQL): the tables schema_17.sql describes, and gateway_usage_alert()
+-- Version 17 (PostgreSQL): what schema_17.sql describes, and gateway_usage_alert()
 -- queueing an alert for the team's endpoints that want it too.
 CREATE TABLE webhook_endpoints (
     id              TEXT COLLATE "C" PRIMARY KEY,
@@ -20,37 +20,11 @@ CREATE INDEX webhook_endpoints_team ON webhook_endpoints(team_id, id);
 
 ALTER TABLE webhooks ADD COLUMN endpoint_id TEXT COLLATE "C"
     REFERENCES webhook_endpoints(id) ON DELETE SET NULL;
-CREATE INDEX webhooks_endpoint ON webhooks(endpoint_id, status, id);
-ALTER TABLE webhooks ADD COLUMN last_attempt_at TEXT COLLATE "C";
-ALTER TABLE webhooks ADD COLUMN last_duration_ms INTEGER;
-ALTER TABLE webhooks ADD COLUMN last_response TEXT;
+CREATE INDEX webhooks_endpoint ON webhooks(endpoint_id, status, id) WHERE endpoint_id IS NOT NULL;
+ALTER TABLE webhooks ADD COLUMN attempt_log TEXT;
 
 DROP INDEX webhooks_pending;
 CREATE INDEX webhooks_pending ON webhooks(status, next_attempt_at, id) WHERE status = 'pending';
-
-CREATE TABLE webhook_attempts (
-    id          BIGSERIAL PRIMARY KEY,
-    webhook_id  TEXT COLLATE "C" NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
-    attempt     INTEGER NOT NULL,
-    at          TEXT COLLATE "C" NOT NULL,
-    http_status INTEGER,
-    error       TEXT,
-    duration_ms INTEGER,
-    response    TEXT
-);
-CREATE INDEX webhook_attempts_webhook ON webhook_attempts(webhook_id, id);
-
-CREATE FUNCTION gateway_attempt_log() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO webhook_attempts (webhook_id, attempt, at, http_status, error, duration_ms,
-        response)
-    VALUES (NEW.id, NEW.attempts, COALESCE(NEW.last_attempt_at, NEW.created_at),
-        NEW.last_status, NEW.last_error, NEW.last_duration_ms, NEW.last_response);
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER webhooks_attempt_log AFTER UPDATE OF attempts ON webhooks
-    FOR EACH ROW WHEN (NEW.attempts > OLD.attempts) EXECUTE FUNCTION gateway_attempt_log();
 
 -- An alert also goes to each of the team's enabled endpoints that wants its type (the id of
 -- such a delivery is the alert's own, then the endpoint's: store/outbox.py FAN_OUT).
