@@ -468,3 +468,91 @@ async def test_usage_alerts_go_to_the_endpoints_that_want_them(
     assert alert["type"] == "usage.threshold_reached" and alert["data"]["threshold"] == 50
     await asyncio.sleep(0.3)
     assert messages.received == []
+
+
+async def test_a_new_url_takes_the_waiting_deliveries_and_a_removed_endpoint_fails_them(
+    make_client: ClientFactory, hooks: Callable[[], Any], database: str
+) -> None:
+    old, new = await hooks(), await hooks()
+    old.respond = lambda headers, body: (500, {}, "moved away")
+    client = await make_client(webhook_retry_schedule=(0.0, 1.0, 60.0))
+    await create_team(client, "payments")
+    created = await endpoint(client, old.url, events=["message.failed"])
+    await send(client, "0788000013")
+    await old.wait_for(1)  # failed once; the next attempt is a second away
+    resp = await client.patch(
+        f"/webhook-endpoints/{created['id']}", json={"url": new.url}, headers=SEND
+    )
+    assert (await resp.json())["url"] == new.url
+    await new.wait_for(1)  # the retry went to the new URL, signed the same
+    [payload] = new.payloads(created["secret"])
+    assert payload["type"] == "message.failed" and len(old.received) == 1
+    new.respond = lambda headers, body: (500, {}, "")
+    await send(client, "0788000113")
+    await new.wait_for(2)
+    resp = await client.delete(f"/webhook-endpoints/{created['id']}", headers=SEND)
+    assert resp.status == 204
+    rows = read(
+        database,
+        "SELECT status, endpoint_id, last_error FROM webhooks ORDER BY id",
+    )
+    assert rows[0][:2] == ("delivered", None)  # history stays, without the endpoint
+    assert rows[1] == ("failed", None, "the endpoint was deleted")
+    await asyncio.sleep(1.3)
+    assert len(new.received) == 2  # its retry was not made
+
+
+async def test_limits_and_unknown_teams_are_clear_errors(
+    make_client: ClientFactory, hooks: Callable[[], Any]
+) -> None:
+    receiver = await hooks()
+    client = await make_client()
+    await create_team(client, "payments")
+    for _ in range(20):
+        await endpoint(client, receiver.url)
+    resp = await client.post("/webhook-endpoints", json={"url": receiver.url}, headers=SEND)
+    await problem(resp, 409, "too_many_endpoints")
+    resp = await client.post(
+        "/webhook-endpoints", json={"url": receiver.url, "team": "nobody"}, headers=ADMIN
+    )
+    await problem(resp, 422, "unknown_team")
+    resp = await client.get("/webhook-endpoints?team=nobody", headers=ADMIN)
+    await problem(resp, 422, "unknown_team")
+    resp = await client.get("/webhook-endpoints?colour=red", headers=SEND)
+    await problem(resp, 422, "invalid_parameter")
+    resp = await client.get("/webhook-endpoints/wep_nothing", headers=SEND)
+    await problem(resp, 404, "endpoint_not_found")
+    listed = await (await client.get("/webhook-endpoints?limit=15", headers=SEND)).json()
+    rest = await (
+        await client.get(f"/webhook-endpoints?cursor={listed['next_cursor']}", headers=SEND)
+    ).json()
+    assert len(listed["data"]) == 15 and len(rest["data"]) == 5 and rest["next_cursor"] is None
+    reader = auth(mint("payments", "messages:read"))
+    resp = await client.get("/webhook-endpoints", headers=reader)
+    await problem(resp, 403, "insufficient_scope")
+
+
+async def test_a_replica_with_another_secret_key_refuses_to_sign_and_says_why(
+    make_client: ClientFactory, hooks: Callable[[], Any]
+) -> None:
+    receiver = await hooks()
+    first = await make_client()
+    await create_team(first, "payments")
+    created = await endpoint(first, receiver.url, events=["message.failed"])
+    await first.close()
+    other = await make_client(
+        secret_key="another-sealing-key-" + "9" * 32, webhook_retry_schedule=(0.0,)
+    )
+    await send(other, "0788000013")
+
+    async def failed() -> list[dict[str, Any]]:
+        listed = await (await other.get("/admin/webhooks?status=failed", headers=ADMIN)).json()
+        return [h for h in listed["data"] if h["endpoint_id"] == created["id"]]
+
+    async def any_failed() -> bool:
+        return bool(await failed())
+
+    await until(any_failed)
+    [hook] = await failed()
+    assert "cannot be opened" in hook["last_error"] and "GATEWAY_SECRET_KEY" in hook["last_error"]
+    assert receiver.received == []  # nothing went out unsigned or signed with another secret

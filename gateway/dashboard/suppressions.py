@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import GatewayError
+from ..errors import GatewayError, NotFound
 from ..keys import SETTINGS, STORE
 from ..sending.suppression import check_number, check_reason, parse_import
 from ..store import suppressions as store
@@ -62,14 +62,8 @@ async def _team(request: web.Request, raw: str) -> str | None:
         not TEAM_ID.fullmatch(team)
         or await store_teams.find_team(request.config_dict[STORE], team) is None
     ):
-        raise _FormError(f"team: no team {team!r}")
+        raise NotFound(f"team: no team {team!r}", code="team_not_found")  # shown on the form
     return team
-
-
-class _FormError(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 async def add(request: web.Request) -> web.Response:
@@ -81,7 +75,7 @@ async def add(request: web.Request) -> web.Response:
         number = check_number(fields.get("number", ""), app[SETTINGS])
         reason = check_reason(fields.get("reason") or None)
         _, new = await store.add(app[STORE], team, number, reason, await operator(request))
-    except (GatewayError, _FormError) as exc:
+    except GatewayError as exc:
         return await _page(request, error=exc.detail, form=fields, status=422)
     where = "every team" if team is None else f"team {team}"
     notice = f"{number} suppressed for {where}." if new else f"{number} was already suppressed."
@@ -111,7 +105,7 @@ async def import_numbers(request: web.Request) -> web.Response:
         added, already = await store.import_numbers(
             app[STORE], team, parsed.numbers, reason, await operator(request)
         )
-    except (GatewayError, _FormError) as exc:
+    except GatewayError as exc:
         detail = exc.detail
         lines = getattr(exc, "extra", {}).get("errors", [])
         named = [f"line {e['line']}" for e in lines if "line" in e]

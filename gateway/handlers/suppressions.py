@@ -28,9 +28,6 @@ MAX_IMPORT_BYTES = 8 * 1024 * 1024  # 100,000 numbers with a reason column fit w
 PAGE_PARAMS = frozenset({"limit", "cursor", "team"})
 
 
-_bad = bad_param
-
-
 def _limit(request: web.Request) -> int:
     return query_limit(request, 100, 1000)
 
@@ -45,11 +42,11 @@ def _cursor(request: web.Request) -> tuple[str, str] | None:
             base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().partition(" ")
         )
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _bad("cursor", "is not a cursor this API returned") from None
+        raise bad_param("cursor", "is not a cursor this API returned") from None
     if not (number.isascii() and number.isdigit()) or not (
         list_key == store.GLOBAL or TEAM_ID.fullmatch(list_key)
     ):
-        raise _bad("cursor", "is not a cursor this API returned")
+        raise bad_param("cursor", "is not a cursor this API returned")
     return list_key, number
 
 
@@ -63,7 +60,7 @@ def _next_cursor(entries: list[store.Entry], limit: int) -> str | None:
 def _unknown_params(request: web.Request, allowed: frozenset[str]) -> None:
     unknown = sorted(set(request.query) - allowed)
     if unknown:
-        raise _bad(unknown[0], "is not a parameter of this call")
+        raise bad_param(unknown[0], "is not a parameter of this call")
 
 
 async def _reason(request: web.Request) -> str | None:

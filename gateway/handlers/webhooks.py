@@ -13,9 +13,6 @@ from .common import actor_of, admin, bad_param, json_response, query_limit
 WEBHOOK_STATUSES = frozenset({"pending", "delivered", "failed"})
 
 
-_bad = bad_param
-
-
 def _limit(request: web.Request) -> int:
     return query_limit(request, 50, 200)
 
@@ -25,11 +22,11 @@ async def list_hooks(request: web.Request) -> web.Response:
     await admin(request)
     status = request.query.get("status")
     if status is not None and status not in WEBHOOK_STATUSES:
-        raise _bad("status", "must be pending, delivered or failed")
+        raise bad_param("status", "must be pending, delivered or failed")
     limit = _limit(request)
     cursor = request.query.get("cursor")
     if cursor is not None and not cursor.startswith("whk_"):
-        raise _bad("cursor", "is not a cursor this API returned")
+        raise bad_param("cursor", "is not a cursor this API returned")
     rows = await list_webhooks(request.app[STORE], status, limit + 1, cursor)
     page = rows[:limit]
     return json_response(
@@ -65,11 +62,11 @@ async def list_dlr_reports(request: web.Request) -> web.Response:
     await admin(request)
     status = request.query.get("status")
     if status not in (None, "pending"):
-        raise _bad("status", "must be pending (or absent for every report)")
+        raise bad_param("status", "must be pending (or absent for every report)")
     limit = _limit(request)
     cursor = request.query.get("cursor")
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-        raise _bad("cursor", "is not a cursor this API returned")
+        raise bad_param("cursor", "is not a cursor this API returned")
     rows = await list_reports(
         request.app[STORE], status == "pending", limit + 1, int(cursor) if cursor else None
     )

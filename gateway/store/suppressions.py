@@ -98,19 +98,14 @@ def _key(team: str | None) -> str:
     return GLOBAL if team is None else team
 
 
+# (a change of reason only: the same again changes nothing, and writes no audit entry)
 _ADD = with_clock(
     "INSERT INTO suppressions (team_id, number, reason, created_at, created_by)"
     " VALUES (?1, ?2, ?3, {now}, ?4)"
     " ON CONFLICT (team_id, number) DO UPDATE SET reason = excluded.reason"
-    " WHERE suppressions.reason IS NOT excluded.reason"
+    " WHERE suppressions.reason {differs} excluded.reason",
+    differs=Sql("IS NOT", "IS DISTINCT FROM"),
 )
-_ADD_PG = with_clock(
-    "INSERT INTO suppressions (team_id, number, reason, created_at, created_by)"
-    " VALUES (?1, ?2, ?3, {now}, ?4)"
-    " ON CONFLICT (team_id, number) DO UPDATE SET reason = excluded.reason"
-    " WHERE suppressions.reason IS DISTINCT FROM excluded.reason"
-)
-_ADD_EITHER = Sql(_ADD.sqlite, _ADD_PG.postgresql)
 _ONE = "SELECT * FROM suppressions WHERE team_id = ? AND number = ?"
 
 
@@ -126,7 +121,7 @@ async def _add(
     tx: Tx, key: str, number: str, reason: str | None, actor: Actor
 ) -> tuple[Entry, bool]:
     before = await tx.fetchone(_ONE, (key, number))
-    changed = await tx.execute(_ADD_EITHER, (key, number, reason, actor.name))
+    changed = await tx.execute(_ADD, (key, number, reason, actor.name))
     row = await tx.fetchone(_ONE, (key, number))
     assert row is not None
     entry = _entry(row)
