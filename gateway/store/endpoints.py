@@ -311,6 +311,12 @@ async def recover(
 async def _recover(
     tx: Tx, endpoint_id: str, team_id: str | None, since: datetime, actor: Actor
 ) -> int | None:
+    if tx.dialect == "postgresql":
+        # Recovers of one endpoint take turns: a second one then reads the first's result and
+        # touches no row. (Left to the row locks, it would wait on the first's rows and keep
+        # the ones it had re-checked locked until it ends, so the workers' claims, which skip
+        # locked rows, would take newer deliveries first meanwhile.)
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("recover " + endpoint_id,))
     row = await _row(tx, endpoint_id, team_id)
     if row is None:
         return None
