@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import GatewayError, NotFound
-from ..keys import SEND, SETTINGS, STORE, TIMEZONE, WORKER
+from ..handlers.common import secret_box
+from ..keys import SETTINGS, STORE, TIMEZONE, WORKER
 from ..sending.validation import callback_guard, check_callback_url
 from ..store import endpoints as store
 from .session import form_with_csrf, operator
@@ -24,12 +25,6 @@ async def _endpoint(request: web.Request) -> dict[str, Any]:
     if found is None:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="endpoint_not_found")
     return found
-
-
-def _box(request: web.Request) -> Any:
-    box = request.config_dict[SEND].box
-    assert box is not None, "every app opens the box at start"
-    return box
 
 
 async def create(request: web.Request) -> web.Response:
@@ -53,7 +48,7 @@ async def create(request: web.Request) -> web.Response:
         return await team_page(request, team_id, endpoint_error=error, status=422)
     created = await store.create(
         app[STORE],
-        _box(request),
+        secret_box(request),
         team_id,
         url,
         events,
@@ -107,7 +102,7 @@ async def rotate(request: web.Request) -> web.Response:
     app = request.config_dict
     rotated = await store.rotate(
         app[STORE],
-        _box(request),
+        secret_box(request),
         found["id"],
         None,
         app[SETTINGS].webhook_secret_overlap,

@@ -14,14 +14,23 @@ from ..errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from ..keys import AUTH, METRICS, RATES, STORE, TEAMS
+from ..keys import AUTH, METRICS, RATES, SEND, STORE, TEAMS
 from ..platform.jsonio import dumps, loads
 from ..platform.logs import request_id
+from ..platform.secretbox import SecretBox
 from ..sending.validation import refuse_unstorable, unstorable_fields
 from ..store.audit import Actor
 from ..store.teams import Team
 from ..teams.auth import Principal, bearer_token, require_scope
 from ..teams.ratelimit import retry_after
+
+
+def secret_box(request: web.Request) -> SecretBox:
+    """The process's box (GATEWAY_SECRET_KEY), which seals the endpoints' secrets; from the
+    dashboard's sub-application too."""
+    box = request.config_dict[SEND].box
+    assert box is not None, "every app opens the box at start"
+    return box
 
 
 def json_response(

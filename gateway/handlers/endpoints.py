@@ -9,9 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import Conflict, NotFound, ValidationFailed
-from ..keys import SEND, SETTINGS, STORE, TEAMS, WORKER
-from ..platform.secretbox import SecretBox
-from ..sending.validation import callback_guard, check_callback_url
+from ..keys import SETTINGS, STORE, TEAMS, WORKER
+from ..sending.validation import callback_guard, check_callback_url, rfc3339
 from ..store import endpoints as store
 from ..store.audit import Actor
 from ..teams.auth import Principal
@@ -23,6 +22,7 @@ from .common import (
     principal,
     query_limit,
     read_json,
+    secret_box,
     team_and_caller,
 )
 
@@ -30,12 +30,6 @@ FIELDS = frozenset({"url", "events", "description"})
 MAX_DESCRIPTION = 200
 MAX_URL = 2048
 OWN_TEAM_ONLY = "must be the calling team's own (only an admin names another)"
-
-
-def _box(request: web.Request) -> SecretBox:
-    box = request.app[SEND].box
-    assert box is not None, "every app opens the box at start"
-    return box
 
 
 def _problem(field: str, reason: str, code: str = "validation_error") -> ValidationFailed:
@@ -159,7 +153,7 @@ async def create(request: web.Request) -> web.Response:
     try:
         created = await store.create(
             request.app[STORE],
-            _box(request),
+            secret_box(request),
             team_id,
             fields["url"],
             fields["events"],
@@ -239,7 +233,7 @@ async def rotate(request: web.Request) -> web.Response:
     endpoint_id = _endpoint_id(request)
     rotated = await store.rotate(
         request.app[STORE],
-        _box(request),
+        secret_box(request),
         endpoint_id,
         team_id,
         request.app[SETTINGS].webhook_secret_overlap,
@@ -254,14 +248,8 @@ def _since(body: Any) -> datetime:
     reason = "must be an RFC 3339 time with an offset, e.g. 2026-12-01T08:00:00Z"
     if not isinstance(body, dict) or set(body) - {"since"} or "since" not in body:
         raise _problem("since", "is required (and the only field): " + reason)
-    raw = body["since"]
-    if not isinstance(raw, str) or "T" not in raw.upper():
-        raise _problem("since", reason)
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise _problem("since", reason) from None
-    if value.tzinfo is None or not 1970 <= value.year <= 9999:
+    value = rfc3339(body["since"])
+    if value is None or value.year < 1970:
         raise _problem("since", reason)
     return value
 

@@ -302,15 +302,22 @@ def _queueing(
     return queue is True or send_at is not None, send_at, validity
 
 
-def _send_at(raw: Any, now: datetime) -> datetime:
-    reason = "must be an RFC 3339 time with an offset, e.g. 2026-11-27T08:00:00+02:00"
+def rfc3339(raw: Any) -> datetime | None:
+    """A client's RFC 3339 date and time with an offset (`Z` or `+02:00`); None if it is not
+    one."""
     if not isinstance(raw, str) or "T" not in raw.upper():
-        raise _field_error("send_at", reason)
+        return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise _field_error("send_at", reason) from None
-    if value.tzinfo is None:
+        return None
+    return value if value.tzinfo is not None else None
+
+
+def _send_at(raw: Any, now: datetime) -> datetime:
+    value = rfc3339(raw)
+    if value is None:
+        reason = "must be an RFC 3339 time with an offset, e.g. 2026-11-27T08:00:00+02:00"
         raise _field_error("send_at", reason)
     if value < now - SEND_AT_SLACK:
         raise _field_error("send_at", "is in the past")
